@@ -1,0 +1,93 @@
+"""JupyterHub configuration of the embedded default (one machine).
+
+Every value comes from an environment variable with a default for ``make demo``; the
+launcher (``hub_config/demo.py``) sets them. Production (Helm) sets the same things.
+"""
+
+import os
+import sys
+from pathlib import Path
+
+from hub_config.roles import CUSTOM_SCOPES, load_roles
+
+c = get_config()  # noqa: F821 (provided by JupyterHub)
+
+HERE = Path(__file__).parent
+ROOT = HERE.parent
+env = os.environ.get
+state = Path(env("AIPOWER_STATE_DIR", str(ROOT / "state"))).resolve()
+state.mkdir(parents=True, exist_ok=True)
+
+# ---- the hub and its proxy ---------------------------------------------------------
+c.JupyterHub.bind_url = env("AIPOWER_HUB_BIND_URL", "http://127.0.0.1:8000")
+c.JupyterHub.hub_ip = "127.0.0.1"
+c.JupyterHub.hub_port = int(env("AIPOWER_HUB_INTERNAL_PORT", "8081"))
+c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{env('AIPOWER_PROXY_API_PORT', '8001')}"
+c.ConfigurableHTTPProxy.command = [
+    env("AIPOWER_CHP", str(ROOT / ".local/node/node_modules/.bin/configurable-http-proxy"))
+]
+c.ConfigurableHTTPProxy.pid_file = str(state / "proxy.pid")
+c.JupyterHub.db_url = env("AIPOWER_HUB_DB_URL", f"sqlite:///{state / 'jupyterhub.sqlite'}")
+c.JupyterHub.cookie_secret_file = str(state / "jupyterhub_cookie_secret")
+c.JupyterHub.pid_file = str(state / "jupyterhub.pid")
+c.JupyterHub.template_paths = [str(HERE / "templates")]
+c.JupyterHub.allow_named_servers = True
+c.JupyterHub.named_server_limit_per_user = int(env("AIPOWER_NAMED_SERVER_LIMIT", "3"))
+
+# ---- sign-in: OpenID Connect ---------------------------------------------------------
+c.JupyterHub.authenticator_class = "authenticator.AIPowerAuthenticator"
+c.AIPowerAuthenticator.client_id = env("AIPOWER_OIDC_CLIENT_ID", "aipower-hub")
+c.AIPowerAuthenticator.client_secret = env("AIPOWER_OIDC_CLIENT_SECRET", "")
+c.AIPowerAuthenticator.authorize_url = env("AIPOWER_OIDC_AUTHORIZE_URL", "")
+c.AIPowerAuthenticator.token_url = env("AIPOWER_OIDC_TOKEN_URL", "")
+c.AIPowerAuthenticator.userdata_url = env("AIPOWER_OIDC_USERINFO_URL", "")
+c.AIPowerAuthenticator.username_claim = env("AIPOWER_OIDC_USERNAME_CLAIM", "preferred_username")
+c.AIPowerAuthenticator.oauth_callback_url = env(
+    "AIPOWER_OIDC_CALLBACK_URL", c.JupyterHub.bind_url.rstrip("/") + "/hub/oauth_callback"
+)
+c.AIPowerAuthenticator.auth_refresh_age = int(env("AIPOWER_AUTH_REFRESH_AGE", "60"))
+
+# ---- RBAC ----------------------------------------------------------------------------
+c.JupyterHub.custom_scopes = CUSTOM_SCOPES
+c.JupyterHub.load_roles = load_roles()
+
+# ---- the quota service -----------------------------------------------------------------
+quota_port = env("AIPOWER_QUOTA_PORT", "10101")
+service_env = {
+    "AIPOWER_QUOTA_DB_URL": env("AIPOWER_QUOTA_DB_URL", f"sqlite:///{state / 'quota.sqlite'}"),
+    "AIPOWER_METERING_INTERVAL": env("AIPOWER_METERING_INTERVAL", "60"),
+    "PYTHONPATH": str(ROOT),
+}
+c.JupyterHub.services = [
+    {
+        "name": "quota",
+        "url": f"http://127.0.0.1:{quota_port}",
+        "command": [sys.executable, "-m", "quota_service.app"],
+        "environment": service_env,
+        "oauth_client_allowed_scopes": ["custom:aipower:admin", "custom:aipower:review"],
+    },
+    {"name": "aipower-hub-agent", "api_token": env("AIPOWER_HUB_AGENT_TOKEN", "")},
+]
+c.QuotaServiceClient.url = f"http://127.0.0.1:{quota_port}/services/quota"
+
+# ---- spawning ------------------------------------------------------------------------
+c.JupyterHub.spawner_class = "spawner.local.LocalGPUSpawner"
+c.LocalGPUSpawner.home_dir_template = str(state / "homes" / "{username}")
+c.Spawner.cmd = [str(Path(sys.executable).with_name("jupyterhub-singleuser"))]
+c.Spawner.default_url = "/lab"
+c.Spawner.http_timeout = 60
+if os.geteuid() == 0:
+    c.Spawner.args = ["--ServerApp.allow_root=True"]
+c.LocalGPUSpawner.detect_gpus = env("AIPOWER_DETECT_GPUS", "1") == "1"
+c.LocalGPUSpawner.simulated_inventory = {
+    vendor: int(count)
+    for vendor, count in (
+        item.split("=") for item in env("AIPOWER_SIMULATED_GPUS", "nvidia=4,amd=4").split(",")
+    )
+}
+c.Spawner.consecutive_failure_limit = int(env("AIPOWER_CONSECUTIVE_FAILURE_LIMIT", "5"))
+
+# the home page tells people what they may do, and why not
+from authenticator import home_page_access  # noqa: E402
+
+c.JupyterHub.template_vars = {"aipower_access": home_page_access}

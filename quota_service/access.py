@@ -1,0 +1,136 @@
+"""Who may do what: the decision that the hub's authenticator and spawner ask for."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, selectinload
+
+from .models import Account, Membership, Project, ProjectStatus
+
+OPERATORS_GROUP = "operators"
+REVIEWERS_GROUP = "reviewers"
+GPU_USERS_GROUP = "gpu-users"
+
+
+@dataclass(frozen=True)
+class Refusal:
+    code: str
+    zh: str
+    en: str
+
+    @property
+    def message(self) -> str:
+        return f"{self.zh} / {self.en}"
+
+
+NOT_A_MEMBER = Refusal(
+    "not-a-member",
+    "你的帳號尚未加入任何計畫，無法啟動 GPU 伺服器。",
+    "Your account is not a member of any project, so it cannot start GPU servers.",
+)
+PENDING = Refusal(
+    "application-pending",
+    "你的公司申請案尚在審查中，核定後才能啟動 GPU 伺服器。",
+    "Your company's application is still under review; servers can start once it is approved.",
+)
+REJECTED = Refusal(
+    "application-rejected",
+    "你的公司申請案未獲核定。",
+    "Your company's application was not approved.",
+)
+SUSPENDED = Refusal(
+    "project-suspended",
+    "你的計畫已被營運單位停權，暫時無法使用 GPU。",
+    "Your project is suspended by the operator; GPUs cannot be used for now.",
+)
+CLOSED = Refusal(
+    "project-closed",
+    "你的計畫已結束。",
+    "Your project has ended.",
+)
+WINDOW_NOT_OPEN = Refusal(
+    "window-not-open",
+    "你的計畫使用期間尚未開始。",
+    "Your project's usage window has not opened yet.",
+)
+WINDOW_ENDED = Refusal(
+    "window-ended",
+    "你的計畫使用期間已結束。",
+    "Your project's usage window has ended.",
+)
+
+_STATUS_REFUSALS = {
+    ProjectStatus.PENDING: PENDING,
+    ProjectStatus.REJECTED: REJECTED,
+    ProjectStatus.SUSPENDED: SUSPENDED,
+    ProjectStatus.CLOSED: CLOSED,
+}
+
+
+@dataclass
+class AccessDecision:
+    username: str
+    groups: list[str] = field(default_factory=list)
+    project: Project | None = None
+    refusal: Refusal | None = None
+
+    @property
+    def may_spawn(self) -> bool:
+        return self.refusal is None and self.project is not None
+
+
+def project_refusal(project: Project, now: datetime) -> Refusal | None:
+    """Why members of ``project`` may not run servers now, or None when they may."""
+    status = ProjectStatus(project.status)
+    if status is not ProjectStatus.APPROVED:
+        return _STATUS_REFUSALS[status]
+    if project.window_start is None or now < project.window_start:
+        return WINDOW_NOT_OPEN
+    if project.window_end is None or now >= project.window_end:
+        return WINDOW_ENDED
+    return None
+
+
+def decide(db: Session, username: str, now: datetime) -> AccessDecision:
+    """A person may start servers when a project of theirs is approved, inside its
+    window and not suspended. With several such projects, the one approved first
+    (lowest id) is charged; otherwise the refusal shown is that of their latest project."""
+    account = db.scalar(
+        select(Account)
+        .where(Account.username == username)
+        .options(selectinload(Account.memberships).selectinload(Membership.project))
+    )
+    decision = AccessDecision(username)
+    if account is None:
+        decision.refusal = NOT_A_MEMBER
+        return decision
+    if account.is_operator:
+        decision.groups.append(OPERATORS_GROUP)
+    if account.is_reviewer:
+        decision.groups.append(REVIEWERS_GROUP)
+    projects = sorted((m.project for m in account.memberships), key=lambda p: p.id)
+    if not projects:
+        decision.refusal = NOT_A_MEMBER
+        return decision
+    for project in projects:
+        if project_refusal(project, now) is None:
+            decision.project = project
+            decision.groups.append(GPU_USERS_GROUP)
+            return decision
+    decision.project = projects[-1]
+    decision.refusal = project_refusal(projects[-1], now)
+    return decision
+
+
+def is_member(db: Session, project_id: int, username: str) -> bool:
+    return (
+        db.scalar(
+            select(Membership.id)
+            .join(Account)
+            .where(Membership.project_id == project_id, Account.username == username)
+        )
+        is not None
+    )

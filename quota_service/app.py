@@ -1,0 +1,170 @@
+"""The quota service: a JupyterHub-managed tornado application.
+
+Started by the hub (``c.JupyterHub.services``), it reads the JupyterHub service
+environment (``JUPYTERHUB_SERVICE_URL``, ``JUPYTERHUB_SERVICE_PREFIX``,
+``JUPYTERHUB_API_URL``, ``JUPYTERHUB_API_TOKEN``) and its own settings from a config
+file or the environment variables named in each trait's help.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from urllib.parse import urlparse
+
+from jinja2 import Environment, PackageLoader, select_autoescape
+from jupyterhub.services.auth import HubOAuth, HubOAuthCallbackHandler
+from tornado.httpserver import HTTPServer
+from tornado.ioloop import PeriodicCallback
+from tornado.web import Application as WebApplication
+from traitlets import Integer, Unicode, default, validate
+from traitlets.config import Application
+
+from . import db as database
+from . import handlers, metering
+from .hub_api import HubAPI
+from .timewindow import utcnow
+
+
+class QuotaService(Application):
+    name = "aipower-quota-service"
+    description = "aipower-hub quota service: projects, points ledger, metering"
+
+    config_file = Unicode(
+        "",
+        help="Python config file to load (e.g. /srv/aipower/quota_config.py).",
+    ).tag(config=True)
+
+    db_url = Unicode(
+        help="""Database URL. SQLite by default, PostgreSQL for production, e.g.
+        ``postgresql://quota:secret@db.internal:5432/quota``. Env: AIPOWER_QUOTA_DB_URL.""",
+    ).tag(config=True)
+
+    @default("db_url")
+    def _default_db_url(self):
+        return os.environ.get("AIPOWER_QUOTA_DB_URL", "sqlite:///quota.sqlite")
+
+    metering_interval = Integer(
+        help="""Seconds between metering passes, and the length of a charged interval,
+        e.g. 60. Env: AIPOWER_METERING_INTERVAL.""",
+    ).tag(config=True)
+
+    @default("metering_interval")
+    def _default_metering_interval(self):
+        return int(os.environ.get("AIPOWER_METERING_INTERVAL", "60"))
+
+    @validate("metering_interval")
+    def _check_interval(self, proposal):
+        if not 1 <= proposal.value <= 3600:
+            raise ValueError("metering_interval must be between 1 and 3600 seconds")
+        return proposal.value
+
+    service_prefix = Unicode(
+        help="URL prefix the proxy routes to the service, e.g. /services/quota/.",
+    ).tag(config=True)
+
+    @default("service_prefix")
+    def _default_prefix(self):
+        return os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/services/quota/")
+
+    service_url = Unicode(
+        help="Where the service listens, e.g. http://127.0.0.1:10101.",
+    ).tag(config=True)
+
+    @default("service_url")
+    def _default_service_url(self):
+        return os.environ.get("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:10101")
+
+    admin_scope = Unicode(
+        "custom:aipower:admin",
+        help="JupyterHub scope that opens the service's admin pages (operators' role).",
+    ).tag(config=True)
+
+    hub_scope = Unicode(
+        "custom:aipower:hub",
+        help="JupyterHub scope of the hub's own agent, for the internal API.",
+    ).tag(config=True)
+
+    def initialize(self, argv=None):
+        super().initialize(argv)
+        if self.config_file:
+            self.load_config_file(self.config_file)
+        self.engine = database.make_engine(self.db_url)
+        database.upgrade(self.engine)
+        self.session_factory = database.make_session_factory(self.engine)
+        self.hub_api = HubAPI(
+            os.environ.get("JUPYTERHUB_API_URL", ""), os.environ.get("JUPYTERHUB_API_TOKEN", "")
+        )
+        self.templates = Environment(
+            loader=PackageLoader("quota_service", "templates"),
+            autoescape=select_autoescape(default=True),
+        )
+
+    def make_web_app(self) -> WebApplication:
+        prefix = self.service_prefix
+        hub_auth = HubOAuth(api_token=os.environ.get("JUPYTERHUB_API_TOKEN", ""), cache_max_age=60)
+        settings = {
+            "service": self,
+            "hub_auth": hub_auth,
+            "xsrf_cookies": True,
+            "static_path": None,
+        }
+        return WebApplication(
+            [(prefix + path, handler) for path, handler in handlers.routes()]
+            + [(prefix + "oauth_callback", HubOAuthCallbackHandler)],
+            cookie_secret=os.urandom(32),
+            **settings,
+        )
+
+    async def meter_once(self) -> list[metering.StopOrder]:
+        """One metering pass; then ask the hub to stop what must stop."""
+        with database.transaction(self.session_factory) as db:
+            orders = metering.meter(db, now=utcnow())
+        for order in orders:
+            self.log.info(
+                "Stopping %s's server %r: %s", order.username, order.server_name, order.reason.code
+            )
+            await self.hub_api.stop_server(order.username, order.server_name)
+        return orders
+
+    async def _meter_safely(self):
+        try:
+            await self.meter_once()
+        except Exception:
+            self.log.exception("metering pass failed; the next pass catches up")
+
+    async def serve(self):
+        web_app = self.make_web_app()
+        url = urlparse(self.service_url)
+        server = HTTPServer(web_app, xheaders=True)
+        server.listen(url.port or 80, url.hostname or "127.0.0.1")
+        self.log.info(
+            "Quota service on %s%s, metering every %ss",
+            self.service_url,
+            self.service_prefix,
+            self.metering_interval,
+        )
+        metering_callback = PeriodicCallback(self._meter_safely, self.metering_interval * 1000)
+        metering_callback.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        metering_callback.stop()
+        server.stop()
+        self.engine.dispose()
+
+    def start(self):
+        asyncio.run(self.serve())
+
+
+def main(argv=None):
+    app = QuotaService.instance()
+    app.initialize(argv)
+    app.start()
+
+
+if __name__ == "__main__":
+    main()

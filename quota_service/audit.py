@@ -1,0 +1,32 @@
+"""The audit trail: one row per change, written in the same transaction as the change."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+
+from sqlalchemy.orm import Session
+
+from .models import AuditEvent
+
+
+def record(
+    db: Session,
+    *,
+    actor: str,
+    action: str,
+    subject_type: str,
+    subject_id: object,
+    at: datetime,
+    **detail: object,
+) -> AuditEvent:
+    event = AuditEvent(
+        at=at,
+        actor=actor,
+        action=action,
+        subject_type=subject_type,
+        subject_id=str(subject_id),
+        detail=json.dumps(detail, ensure_ascii=False, default=str, sort_keys=True),
+    )
+    db.add(event)
+    return event

@@ -1,0 +1,338 @@
+"""HTTP handlers: thin; the domain logic lives in the service modules."""
+
+from __future__ import annotations
+
+import json
+from http.client import responses
+from pathlib import Path
+
+from jupyterhub.services.auth import HubOAuthenticated, UserNotAllowed
+from tornado import web
+
+from spawner.points import points_to_millipoints
+
+from . import access, ledger, metering, projects, reports
+from . import db as database
+from .metering import ServerRequest, SessionRefused
+from .models import Project, ProjectStatus, UsageSession
+from .timewindow import utcnow
+
+OPENAPI = Path(__file__).parent / "openapi.yaml"
+
+
+class BaseHandler(HubOAuthenticated, web.RequestHandler):
+    """Identifies the caller through the hub (cookie or token) before any method runs."""
+
+    @property
+    def service(self):
+        return self.settings["service"]
+
+    @property
+    def hub_auth(self):
+        return self.settings["hub_auth"]
+
+    async def prepare(self):
+        model = await self.hub_auth.get_user(self, sync=False)
+        try:
+            self._hub_auth_user_cache = self.check_hub_user(model) if model else None
+        except UserNotAllowed:
+            self._hub_auth_user_cache = None
+            raise web.HTTPError(
+                403, "這個帳號不能使用本服務 / not allowed to use this service"
+            ) from None
+
+    def db(self):
+        return database.transaction(self.service.session_factory)
+
+    @property
+    def username(self) -> str:
+        return self.current_user["name"]
+
+    @property
+    def is_operator(self) -> bool:
+        return self.service.admin_scope in self.current_user.get("scopes", [])
+
+    def render_page(self, template: str, **ns) -> None:
+        page = self.service.templates.get_template(template)
+        self.finish(
+            page.render(
+                prefix=self.service.service_prefix,
+                user=self.current_user,
+                is_operator=self.current_user is not None and self.is_operator,
+                xsrf_form_html=self.xsrf_form_html(),
+                **ns,
+            )
+        )
+
+    def write_error(self, status_code: int, **kwargs) -> None:
+        message = self._reason
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, web.HTTPError) and exc.log_message:
+            message = exc.log_message
+        elif status_code >= 500:
+            message = "服務發生錯誤，請稍後再試 / the service had an error; please try again later"
+        self.render_page(
+            "error.html",
+            status_code=status_code,
+            status=responses.get(status_code, ""),
+            message=message,
+        )
+
+
+class APIHandler(BaseHandler):
+    """JSON in and out; authenticated by a token in the Authorization header only, so
+    a browser's cookies can never act here (which is why no XSRF check is needed)."""
+
+    def check_xsrf_cookie(self):
+        pass
+
+    async def prepare(self):
+        if not self.request.headers.get("Authorization"):
+            raise web.HTTPError(
+                401, "需要 API token / an API token is required (Authorization: token ...)"
+            )
+        await super().prepare()
+        if self.current_user is None:
+            raise web.HTTPError(403, "token 無效或權限不足 / invalid token or missing scope")
+
+    def get_login_url(self):
+        raise web.HTTPError(403)
+
+    def write_json(self, data, status: int = 200) -> None:
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.finish(json.dumps(data, ensure_ascii=False))
+
+    def read_json(self) -> dict:
+        try:
+            body = json.loads(self.request.body or b"{}")
+        except ValueError:
+            raise web.HTTPError(400, "請求內容不是 JSON / body is not JSON") from None
+        if not isinstance(body, dict):
+            raise web.HTTPError(400, "請求內容必須是 JSON 物件 / body must be a JSON object")
+        return body
+
+    def write_error(self, status_code: int, **kwargs) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        message = responses.get(status_code, "error")
+        reason = "error"
+        if isinstance(exc, SessionRefused):
+            status_code, reason, message = 403, exc.refusal.code, exc.refusal.message
+        elif isinstance(exc, web.HTTPError) and exc.log_message:
+            message, reason = exc.log_message, exc.reason or reason
+        elif status_code >= 500:
+            message = "服務發生錯誤 / internal error"
+        self.set_status(status_code)
+        self.write_json({"status": status_code, "reason": reason, "message": message}, status_code)
+
+
+class InternalAPIHandler(APIHandler):
+    """Called by the hub itself; needs the hub agent's scope."""
+
+    @property
+    def hub_scopes(self):
+        return {self.service.hub_scope}
+
+
+# ---- pages -------------------------------------------------------------------------
+
+
+class OverviewPage(BaseHandler):
+    @web.authenticated
+    def get(self):
+        with self.db() as db:
+            own = reports.projects_of(db, self.username)
+            summaries = [reports.project_summary(db, p) for p in own]
+            decision = access.decide(db, self.username, utcnow())
+            refusal = decision.refusal
+        self.render_page("overview.html", projects=summaries, refusal=refusal)
+
+
+class ProjectPage(BaseHandler):
+    @web.authenticated
+    def get(self, project_id: str):
+        with self.db() as db:
+            project = db.get(Project, int(project_id))
+            if project is None:
+                raise web.HTTPError(404, "沒有這個計畫 / no such project")
+            if not (self.is_operator or access.is_member(db, project.id, self.username)):
+                raise web.HTTPError(
+                    403, "你不是這個計畫的成員 / you are not a member of this project"
+                )
+            summary = reports.project_summary(db, project)
+            history = reports.usage_history(db, project.id)
+            sessions = reports.recent_sessions(db, project.id)
+        self.render_page("project.html", project=summary, history=history, sessions=sessions)
+
+
+class AdminPage(BaseHandler):
+    def require_operator(self):
+        if not self.is_operator:
+            raise web.HTTPError(403, "只有營運管理員可以使用 / operators only")
+
+    @web.authenticated
+    def get(self, errors: dict | None = None, typed: dict | None = None):
+        self.require_operator()
+        with self.db() as db:
+            all_projects = reports.all_projects(db)
+            balances = ledger.balances(db, [p.id for p in all_projects])
+            rows = [reports.project_summary(db, p, balances[p.id]) for p in all_projects]
+        self.render_page("admin.html", projects=rows, errors=errors or {}, typed=typed or {})
+
+
+class AdminProjectAction(AdminPage):
+    """Suspend or resume a project, or grant points: each with a reason, each audited."""
+
+    @web.authenticated
+    async def post(self, project_id: str, action: str):
+        self.require_operator()
+        reason = self.get_body_argument("reason", "").strip()
+        typed = {
+            "project_id": int(project_id),
+            "reason": reason,
+            "points": self.get_body_argument("points", ""),
+        }
+        errors: dict[str, str] = {}
+        if not reason:
+            errors["reason"] = "請填寫原因 / a reason is required"
+        millipoints = 0
+        if action == "grant":
+            try:
+                millipoints = points_to_millipoints(typed["points"])
+                if millipoints <= 0:
+                    raise ValueError("核發點數必須大於 0 / a grant must be positive")
+            except ValueError as e:
+                errors["points"] = str(e)
+        if not errors:
+            try:
+                with self.db() as db:
+                    project = ledger.lock_project(db, int(project_id))
+                    now = utcnow()
+                    if action == "grant":
+                        ledger.grant(
+                            db, project, millipoints, actor=self.username, reason=reason, now=now
+                        )
+                    else:
+                        target = (
+                            ProjectStatus.SUSPENDED
+                            if action == "suspend"
+                            else ProjectStatus.APPROVED
+                        )
+                        projects.change_status(
+                            db, project, target, actor=self.username, reason=reason, now=now
+                        )
+            except projects.TransitionNotAllowed as e:
+                errors["status"] = str(e)
+        if errors:
+            self.set_status(400)
+            return self.get(errors=errors, typed=typed)
+        if action == "suspend":
+            # stop the project's servers now rather than at the next metering pass
+            await self.service.meter_once()
+        self.redirect(self.service.service_prefix + "admin")
+
+
+# ---- public API ----------------------------------------------------------------------
+
+
+class ProjectsAPI(APIHandler):
+    def get(self):
+        with self.db() as db:
+            own = reports.projects_of(db, self.username)
+            self.write_json([reports.project_summary(db, p) for p in own])
+
+
+class OpenAPISpec(web.RequestHandler):
+    def get(self):
+        self.set_header("Content-Type", "application/yaml; charset=utf-8")
+        self.finish(OPENAPI.read_bytes())
+
+
+# ---- internal API (the hub's authenticator and spawners) --------------------------------
+
+
+class AccessAPI(InternalAPIHandler):
+    def get(self, username: str):
+        with self.db() as db:
+            decision = access.decide(db, username, utcnow())
+            project = decision.project
+            self.write_json(
+                {
+                    "username": username,
+                    "groups": decision.groups,
+                    "may_spawn": decision.may_spawn,
+                    "refusal": None
+                    if decision.refusal is None
+                    else {
+                        "code": decision.refusal.code,
+                        "zh": decision.refusal.zh,
+                        "en": decision.refusal.en,
+                    },
+                    "project": None if project is None else reports.project_summary(db, project),
+                    "notice": reports.last_stop_notice(db, username),
+                }
+            )
+
+
+class SessionsAPI(InternalAPIHandler):
+    def post(self):
+        body = self.read_json()
+        try:
+            request = ServerRequest(
+                username=str(body["username"]),
+                server_name=str(body.get("server_name", "")),
+                gpu_vendor=str(body["gpu_vendor"]),
+                gpu_count=int(body["gpu_count"]),
+                devices=[str(d) for d in body.get("devices", [])],
+                simulated=bool(body.get("simulated", False)),
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise web.HTTPError(400, f"欄位錯誤 / bad field: {e}") from None
+        with self.db() as db:
+            session = metering.open_session(
+                db, request, now=utcnow(), interval_seconds=self.service.metering_interval
+            )
+            self.write_json(
+                reports.server_summary(session) | {"project_id": session.project_id}, 201
+            )
+
+
+class SessionCloseAPI(InternalAPIHandler):
+    def post(self, session_id: str):
+        body = self.read_json()
+        with self.db() as db:
+            session = db.get(UsageSession, int(session_id))
+            if session is None:
+                raise web.HTTPError(404, "沒有這個使用紀錄 / no such session")
+            # same lock order as the metering pass (project first), so the two never deadlock
+            ledger.lock_project(db, session.project_id)
+            db.refresh(session)
+            charged = metering.close_session(
+                db,
+                session,
+                now=utcnow(),
+                reason=str(body.get("reason", "")),
+                void=body.get("void") is True,
+            )
+            self.write_json(
+                reports.server_summary(session)
+                | {
+                    "stopped_at": session.stopped_at.isoformat(),
+                    "charged_seconds": session.charged_seconds,
+                    "charged_now_millipoints": charged,
+                }
+            )
+
+
+def routes() -> list[tuple[str, type]]:
+    return [
+        (r"", OverviewPage),
+        (r"projects/(\d+)", ProjectPage),
+        (r"admin", AdminPage),
+        (r"admin/projects/(\d+)/(suspend|resume|grant)", AdminProjectAction),
+        (r"api/v1/projects", ProjectsAPI),
+        (r"api/v1/openapi.yaml", OpenAPISpec),
+        (r"api/v1/internal/access/([^/]+)", AccessAPI),
+        (r"api/v1/internal/sessions", SessionsAPI),
+        (r"api/v1/internal/sessions/(\d+)/close", SessionCloseAPI),
+    ]

@@ -1,0 +1,46 @@
+"""The little of JupyterHub's REST API that the quota service needs (stop servers)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from urllib.parse import quote
+
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError
+
+log = logging.getLogger(__name__)
+
+
+class HubAPI:
+    def __init__(self, api_url: str, token: str):
+        self.api_url = api_url.rstrip("/")
+        self._token = token
+
+    async def stop_server(self, username: str, server_name: str) -> bool:
+        """Ask the hub to stop a server; True when the hub accepted (or it was gone)."""
+        path = f"/users/{quote(username, safe='')}/server"
+        if server_name:
+            path = f"/users/{quote(username, safe='')}/servers/{quote(server_name, safe='')}"
+        try:
+            await AsyncHTTPClient().fetch(
+                self.api_url + path,
+                method="DELETE",
+                headers={"Authorization": f"token {self._token}"},
+                request_timeout=30,
+            )
+        except HTTPClientError as e:
+            if e.code in (400, 404):  # not running, or no such user: nothing to stop
+                return True
+            log.warning("hub refused to stop %s/%s: HTTP %s", username, server_name, e.code)
+            return False
+        except OSError as e:
+            log.warning("hub unreachable to stop %s/%s: %s", username, server_name, e)
+            return False
+        return True
+
+    async def running_servers(self) -> list[dict]:
+        response = await AsyncHTTPClient().fetch(
+            self.api_url + "/users?state=active",
+            headers={"Authorization": f"token {self._token}"},
+        )
+        return json.loads(response.body)

@@ -1,0 +1,163 @@
+"""The platform's tables (SQLAlchemy 2). Every schema change is an Alembic migration."""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+class UTCDateTime(TypeDecorator):
+    """Aware UTC datetimes on every backend (SQLite keeps no zone)."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect):
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetimes are not stored; pass an aware datetime")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect):
+        return None if value is None else value.replace(tzinfo=UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class ProjectStatus(enum.StrEnum):
+    PENDING = "pending"  # the application is still being reviewed
+    APPROVED = "approved"
+    REJECTED = "rejected"
+    SUSPENDED = "suspended"
+    CLOSED = "closed"
+
+
+class Category(enum.StrEnum):
+    TRAINING = "training"
+    INFERENCE = "inference"
+
+
+class LedgerKind(enum.StrEnum):
+    GRANT = "grant"
+    USAGE = "usage"
+    ADJUSTMENT = "adjustment"
+
+
+class Company(Base):
+    __tablename__ = "companies"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    business_number: Mapped[str] = mapped_column(String(8), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    projects: Mapped[list[Project]] = relationship(back_populates="company")
+
+
+class Account(Base):
+    """A person who signs in; ``username`` is their JupyterHub name."""
+
+    __tablename__ = "accounts"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    username: Mapped[str] = mapped_column(String(255), unique=True)
+    email: Mapped[str] = mapped_column(String(320), default="")
+    display_name: Mapped[str] = mapped_column(String(200), default="")
+    is_operator: Mapped[bool] = mapped_column(Boolean, default=False)
+    is_reviewer: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    memberships: Mapped[list[Membership]] = relationship(back_populates="account")
+
+
+class Project(Base):
+    __tablename__ = "projects"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    company_id: Mapped[int] = mapped_column(ForeignKey("companies.id"))
+    name: Mapped[str] = mapped_column(String(200))
+    category: Mapped[str] = mapped_column(String(20), default=Category.TRAINING)
+    status: Mapped[str] = mapped_column(String(20), default=ProjectStatus.PENDING)
+    tier: Mapped[str | None] = mapped_column(String(4), nullable=True)
+    window_start: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    window_end: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    max_gpus_per_server: Mapped[int] = mapped_column(Integer, default=2)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    company: Mapped[Company] = relationship(back_populates="projects")
+    memberships: Mapped[list[Membership]] = relationship(back_populates="project")
+
+
+class Membership(Base):
+    __tablename__ = "memberships"
+    __table_args__ = (UniqueConstraint("project_id", "account_id"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"), index=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
+    role: Mapped[str] = mapped_column(String(20), default="trainee")  # lead, contact, trainee
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    project: Mapped[Project] = relationship(back_populates="memberships")
+    account: Mapped[Account] = relationship(back_populates="memberships")
+
+
+class UsageSession(Base):
+    """One running server, metered from its start to its stop."""
+
+    __tablename__ = "usage_sessions"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"), index=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"))
+    username: Mapped[str] = mapped_column(String(255))
+    server_name: Mapped[str] = mapped_column(String(255), default="")
+    gpu_vendor: Mapped[str] = mapped_column(String(10))
+    gpu_count: Mapped[int] = mapped_column(Integer)
+    devices: Mapped[str] = mapped_column(Text, default="")
+    simulated: Mapped[bool] = mapped_column(Boolean, default=False)
+    # fixed at the start, so that a configuration change never re-cuts a running session
+    interval_seconds: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    stopped_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True, index=True)
+    # how far the ledger has charged this session, in whole seconds from started_at
+    charged_seconds: Mapped[int] = mapped_column(Integer, default=0)
+    charged_periods: Mapped[int] = mapped_column(Integer, default=0)
+    stop_reason: Mapped[str] = mapped_column(Text, default="")
+
+
+class LedgerEntry(Base):
+    """Append-only: rows are inserted, never updated or deleted. Balance = sum(amount)."""
+
+    __tablename__ = "ledger_entries"
+    __table_args__ = (UniqueConstraint("session_id", "period_index", name="uq_ledger_period"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(20))
+    amount_millipoints: Mapped[int] = mapped_column(BigInteger)
+    session_id: Mapped[int | None] = mapped_column(ForeignKey("usage_sessions.id"), nullable=True)
+    period_index: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # the span of the session this charge covers, in whole seconds from its start
+    covers_from_seconds: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    covers_to_seconds: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    reason: Mapped[str] = mapped_column(Text, default="")
+    actor: Mapped[str] = mapped_column(String(255), default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+
+
+class AuditEvent(Base):
+    __tablename__ = "audit_events"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    actor: Mapped[str] = mapped_column(String(255))
+    action: Mapped[str] = mapped_column(String(100))
+    subject_type: Mapped[str] = mapped_column(String(50))
+    subject_id: Mapped[str] = mapped_column(String(100))
+    detail: Mapped[str] = mapped_column(Text, default="{}")

@@ -1,0 +1,252 @@
+"""What every GPU spawner flavour shares: the form, the checks, devices and metering.
+
+A flavour mixes ``GPUSpawnerMixin`` in front of a JupyterHub spawner class and, where it
+places devices itself, overrides ``claim_devices``/``release_devices``. The sequence of a
+start is: ask the quota service what the person may do → check the user options →
+claim devices → open a metered session → start the server. Any refusal raises a
+``SpawnException`` before anything runs or is charged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+from typing import NoReturn
+
+from tornado import web
+from tornado.ioloop import IOLoop
+from traitlets import Dict, Integer, Unicode, default
+from traitlets.config import LoggingConfigurable
+
+from quota_service.client import QuotaRefusal, QuotaServiceClient, QuotaServiceUnavailable
+
+from .gpu import Device, NotEnoughDevices, Vendor
+from .options import GPURequest, InvalidOptions, options_from_form
+from .points import burn_rate_points_per_hour
+
+try:  # JupyterHub >= 6
+    from jupyterhub.spawner import SpawnException
+except ImportError:  # JupyterHub 5.x
+    SpawnException = None
+
+UNAVAILABLE = (
+    "配額服務暫時無法使用，伺服器未啟動。 / The quota service is unavailable, so no server was "
+    "started (nothing runs unmetered); please try again shortly."
+)
+
+
+class GPUSpawnerMixin(LoggingConfigurable):
+    """GPU vendor and count, device claims and points metering for a JupyterHub spawner."""
+
+    images = Dict(
+        key_trait=Unicode(),
+        value_trait=Unicode(),
+        default_value={
+            "nvidia": "ghcr.io/aipower-hub/cuda-notebook:latest",
+            "amd": "ghcr.io/aipower-hub/rocm-notebook:latest",
+        },
+        help="""Notebook image per vendor, e.g. {"nvidia": "registry/cuda-notebook:2026.11",
+        "amd": "registry/rocm-notebook:2026.11"}. The local flavour records it only.""",
+    ).tag(config=True)
+
+    close_retries = Integer(
+        3,
+        help="Attempts to report a stop to the quota service before leaving it to reconciliation, e.g. 3.",
+    ).tag(config=True)
+
+    session_id: int | None = None
+    gpu_request: GPURequest | None = None
+    devices: list[Device] = []
+
+    @property
+    def quota(self):
+        return QuotaServiceClient.instance(parent=self).client()
+
+    # ---- the spawn form and user options -------------------------------------------
+
+    async def _options_form(self, spawner) -> str:
+        try:
+            access = await self.quota.access(self.user.name)
+        except (QuotaServiceUnavailable, QuotaRefusal):
+            return f'<p class="alert alert-danger">{html.escape(UNAVAILABLE)}</p>'
+        project = access.get("project") or {}
+        limit = int(project.get("max_gpus_per_server") or 0)
+        vendors = []
+        for vendor in Vendor:
+            free, total, simulated = self.device_availability(vendor)
+            tag = " · 模擬 simulated" if simulated else ""
+            checked = " checked" if vendor is Vendor.NVIDIA else ""
+            vendors.append(
+                f'<div class="form-check"><input class="form-check-input" type="radio" '
+                f'name="gpu_vendor" id="gpu-vendor-{vendor.value}" value="{vendor.value}"{checked}>'
+                f'<label class="form-check-label" for="gpu-vendor-{vendor.value}">'
+                f"{vendor.label} ({vendor.stack} 映像 image) — 可用 free {free}/{total}{tag}</label></div>"
+            )
+        counts = "".join(f'<option value="{n}">{n}</option>' for n in range(1, limit + 1))
+        name = html.escape(str(project.get("name", "")))
+        balance = html.escape(str(project.get("balance_points", "")))
+        return (
+            f"<p>計畫 Project: <strong>{name}</strong> · 剩餘點數 Balance: <strong>{balance}</strong> "
+            f"· 每顆 GPU 每小時 {burn_rate_points_per_hour(1)} 點 / {burn_rate_points_per_hour(1)} points "
+            "per GPU-hour</p>"
+            f"<fieldset><legend>GPU 廠牌 / Vendor</legend>{''.join(vendors)}</fieldset>"
+            f'<label for="gpu-count">GPU 數量 / GPUs (1–{limit})</label>'
+            f'<select class="form-select" name="gpu_count" id="gpu-count">{counts}</select>'
+        )
+
+    @default("options_form")
+    def _default_options_form(self):
+        return self._options_form
+
+    def options_from_form(self, formdata):
+        return options_from_form(formdata)
+
+    def device_availability(self, vendor: Vendor) -> tuple[int, int, bool]:
+        """(free, total, simulated) for the form; flavours that place devices override."""
+        return (0, 0, False)
+
+    # ---- refusals ------------------------------------------------------------------
+
+    def refuse(self, message: str, *, reason: str, status_code: int = 403) -> NoReturn:
+        """Refuse a spawn without counting it as a hub failure."""
+        self.log.info("Refusing %s's server (%s): %s", self.user.name, reason, message)
+        if SpawnException is not None:
+            raise SpawnException(message, reason=reason, status_code=status_code)
+        self._forgive_refusal_on_jupyterhub5()
+        raise web.HTTPError(status_code, message)
+
+    def _forgive_refusal_on_jupyterhub5(self):
+        # JupyterHub 5 counts every failed spawn toward consecutive_failure_limit and exits
+        # at the limit. A refusal is policy, not a failure: lift the limit while the hub
+        # counts this one, then take it back off the count.
+        limit = self.consecutive_failure_limit
+        self.consecutive_failure_limit = 0
+        settings = self.user.settings
+
+        def forgive():
+            settings["failure_count"] = max(0, settings.get("failure_count", 0) - 1)
+            self.consecutive_failure_limit = limit
+
+        IOLoop.current().call_later(1, forgive)
+
+    # ---- devices (flavours override) -------------------------------------------------
+
+    def claim_devices(self, request: GPURequest) -> list[Device]:
+        return []
+
+    def release_devices(self) -> None:
+        return None
+
+    def restore_devices(self, keys: list[str]) -> list[Device]:
+        return []
+
+    # ---- start and stop --------------------------------------------------------------
+
+    async def start(self):
+        try:
+            access = await self.quota.access(self.user.name)
+        except (QuotaServiceUnavailable, QuotaRefusal) as e:
+            self.log.warning("Quota service unavailable for %s's spawn: %s", self.user.name, e)
+            self.refuse(UNAVAILABLE, reason="quota-unavailable", status_code=503)
+        if not access.get("may_spawn"):
+            refusal = access.get("refusal") or {}
+            self.refuse(
+                f"{refusal.get('zh', '')} / {refusal.get('en', '')}",
+                reason=refusal.get("code", "no-access"),
+            )
+        limit = int(access["project"]["max_gpus_per_server"])
+        try:
+            request = GPURequest.from_user_options(self.user_options or {}, limit)
+        except InvalidOptions as e:
+            self.refuse(str(e), reason=e.reason, status_code=400)
+        try:
+            devices = self.claim_devices(request)
+        except NotEnoughDevices as e:
+            self.refuse(
+                f"目前可用的 {e.vendor.label} GPU 只有 {e.free} 顆 / only {e.free} {e.vendor.label} GPU(s) "
+                f"are free, {e.wanted} requested",
+                reason="gpus-busy",
+                status_code=409,
+            )
+        try:
+            session = await self.quota.open_session(
+                username=self.user.name,
+                server_name=self.name,
+                gpu_vendor=request.vendor.value,
+                gpu_count=request.count,
+                devices=[d.key for d in devices],
+                simulated=any(d.simulated for d in devices),
+            )
+        except QuotaRefusal as e:
+            self.release_devices()
+            self.refuse(e.message, reason=e.code, status_code=403)
+        except QuotaServiceUnavailable:
+            self.release_devices()
+            self.refuse(UNAVAILABLE, reason="quota-unavailable", status_code=503)
+        self.session_id = session["session_id"]
+        self.gpu_request = request
+        self.devices = devices
+        self.log.info(
+            "Starting %s's server %r with %d %s GPU(s) [%s], metered as session %s",
+            self.user.name,
+            self.name,
+            request.count,
+            request.vendor.label,
+            ", ".join(d.describe() for d in devices) or "devices placed by the cluster",
+            self.session_id,
+        )
+        try:
+            return await super().start()
+        except Exception:
+            await self._close_session(reason="start failed", void=True)
+            raise
+
+    async def stop(self, now=False):
+        try:
+            await super().stop(now=now)
+        finally:
+            await self._close_session(reason="")
+
+    async def _close_session(self, *, reason: str, void: bool = False):
+        session_id, self.session_id = self.session_id, None
+        self.release_devices()
+        self.devices = []
+        if session_id is None:
+            return
+        for attempt in range(1, self.close_retries + 1):
+            try:
+                await self.quota.close_session(session_id, reason=reason, void=void)
+                return
+            except (QuotaServiceUnavailable, QuotaRefusal) as e:
+                self.log.warning("Closing session %s failed (try %d): %s", session_id, attempt, e)
+                await asyncio.sleep(min(2**attempt, 10))
+        self.log.error("Session %s left open: the quota service will settle it", session_id)
+
+    # ---- state across hub restarts -----------------------------------------------------
+
+    def get_state(self):
+        state = super().get_state()
+        if self.session_id is not None:
+            state["aipower"] = {
+                "session_id": self.session_id,
+                "devices": [d.key for d in self.devices],
+                "gpu": self.gpu_request.as_user_options() if self.gpu_request else None,
+            }
+        return state
+
+    def load_state(self, state):
+        super().load_state(state)
+        saved = state.get("aipower")
+        if saved:
+            self.session_id = saved["session_id"]
+            self.devices = self.restore_devices(saved.get("devices", []))
+            if saved.get("gpu"):
+                self.gpu_request = GPURequest.from_user_options(
+                    saved["gpu"], saved["gpu"]["gpu_count"]
+                )
+
+    def clear_state(self):
+        super().clear_state()
+        self.session_id = None
+        self.gpu_request = None
+        self.devices = []
