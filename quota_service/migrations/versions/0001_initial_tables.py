@@ -100,6 +100,7 @@ def upgrade() -> None:
         sa.Column("gpu_count", sa.Integer(), nullable=False),
         sa.Column("devices", sa.Text(), nullable=False),
         sa.Column("simulated", sa.Boolean(), nullable=False),
+        sa.Column("interval_seconds", sa.Integer(), nullable=False),
         sa.Column("started_at", sa.DateTime(), nullable=False),
         sa.Column("stopped_at", sa.DateTime(), nullable=True),
         sa.Column("charged_seconds", sa.Integer(), nullable=False),
