@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from .gpu import Vendor
@@ -61,7 +62,8 @@ def _parse_count(value: object) -> int:
     # bool is an int in Python; "2" comes from forms; 2.0 and "2.5" are refused
     if isinstance(value, int) and not isinstance(value, bool):
         return value
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+    # \d is what int() parses; str.isdigit() also takes "²", and lstrip("-") took "--2"
+    if isinstance(value, str) and re.fullmatch(r"-?\d+", value.strip()):
         return int(value.strip())
     raise InvalidOptions(
         f"GPU 數量必須是整數 / gpu_count must be an integer, got {value!r}", reason="gpu_count"
