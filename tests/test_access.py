@@ -1,0 +1,209 @@
+"""Who may start GPU servers: access.decide on real databases (SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+import itertools
+from datetime import date, timedelta
+
+import pytest
+
+from hub_config.seed import seed_demo
+from quota_service import access
+from quota_service.models import Account, Company, Membership, Project, ProjectStatus
+from quota_service.timewindow import window_for_notice
+from tests.conftest import at
+
+SECOND = timedelta(seconds=1)
+CREATED = at("2026-11-01 09:00:00")
+START, END = window_for_notice(date(2026, 11, 28))  # [2026-11-28, 2027-02-28) Taipei
+INSIDE = at("2026-12-15 10:00:00")
+_numbers = itertools.count(10_000_000)
+
+
+def company(db) -> Company:
+    c = Company(
+        name="測試科技股份有限公司", business_number=str(next(_numbers)), created_at=CREATED
+    )
+    db.add(c)
+    return c
+
+
+def account(db, username: str, **flags) -> Account:
+    a = Account(username=username, created_at=CREATED, **flags)
+    db.add(a)
+    return a
+
+
+def project(db, status=ProjectStatus.APPROVED, window=(START, END), **fields) -> Project:
+    p = Project(
+        company=company(db),
+        name=f"計畫 {status}",
+        status=status,
+        window_start=window[0],
+        window_end=window[1],
+        created_at=CREATED,
+        **fields,
+    )
+    db.add(p)
+    db.flush()
+    return p
+
+
+def member(db, who: Account, of: Project, role: str = "trainee") -> Membership:
+    m = Membership(account=who, project=of, role=role, created_at=CREATED)
+    db.add(m)
+    db.flush()
+    return m
+
+
+def test_unknown_username_is_not_a_member(db):
+    decision = access.decide(db, "nobody", INSIDE)
+    assert decision.refusal is access.NOT_A_MEMBER
+    assert decision.refusal.code == "not-a-member"
+    assert decision.project is None
+    assert decision.groups == []
+    assert decision.may_spawn is False
+
+
+def test_account_without_membership_is_not_a_member(db):
+    account(db, "alone")
+    project(db)  # an approved project that is not theirs
+    db.flush()
+    decision = access.decide(db, "alone", INSIDE)
+    assert decision.refusal is access.NOT_A_MEMBER
+    assert decision.project is None
+    assert not decision.may_spawn
+
+
+@pytest.mark.parametrize(
+    ("status", "code"),
+    [
+        (ProjectStatus.PENDING, "application-pending"),
+        (ProjectStatus.REJECTED, "application-rejected"),
+        (ProjectStatus.SUSPENDED, "project-suspended"),
+        (ProjectStatus.CLOSED, "project-closed"),
+    ],
+)
+def test_project_status_refusals(db, status, code):
+    p = project(db, status)
+    member(db, account(db, "alice"), p)
+    decision = access.decide(db, "alice", INSIDE)  # inside the window: the status decides
+    assert decision.refusal is not None and decision.refusal.code == code
+    assert decision.project.id == p.id
+    assert access.GPU_USERS_GROUP not in decision.groups
+    assert not decision.may_spawn
+
+
+def test_pending_project_without_a_window_says_pending(db):
+    p = project(db, ProjectStatus.PENDING, window=(None, None))
+    member(db, account(db, "applicant"), p, role="lead")
+    assert access.decide(db, "applicant", INSIDE).refusal is access.PENDING
+
+
+def test_window_not_yet_open(db):
+    member(db, account(db, "early"), project(db))
+    decision = access.decide(db, "early", at("2026-11-27 23:59:59"))
+    assert decision.refusal is access.WINDOW_NOT_OPEN
+    assert not decision.may_spawn
+    # the first second of the notice date opens it
+    assert access.decide(db, "early", at("2026-11-28 00:00:00")).may_spawn
+
+
+def test_approved_without_a_window_is_not_open(db):
+    member(db, account(db, "nowindow"), project(db, window=(None, None)))
+    assert access.decide(db, "nowindow", INSIDE).refusal is access.WINDOW_NOT_OPEN
+
+
+def test_window_ended_exactly_at_window_end_and_open_one_second_before(db):
+    member(db, account(db, "late"), project(db))
+    assert END == at("2027-02-28 00:00:00")
+    ended = access.decide(db, "late", END)
+    assert ended.refusal is access.WINDOW_ENDED
+    assert ended.refusal.code == "window-ended"
+    last = access.decide(db, "late", END - SECOND)
+    assert last.may_spawn and last.refusal is None
+
+
+def test_approved_and_open_may_spawn_in_gpu_users(db):
+    p = project(db, max_gpus_per_server=4)
+    member(db, account(db, "trainee"), p)
+    decision = access.decide(db, "trainee", INSIDE)
+    assert decision.may_spawn
+    assert decision.refusal is None
+    assert decision.groups == ["gpu-users"]
+    assert decision.project.id == p.id
+    assert decision.project.max_gpus_per_server == 4
+
+
+def test_operator_and_reviewer_groups(db):
+    account(db, "op", is_operator=True)
+    account(db, "rev", is_reviewer=True)
+    account(db, "both", is_operator=True, is_reviewer=True)
+    db.flush()
+    op = access.decide(db, "op", INSIDE)
+    assert op.groups == ["operators"]
+    assert op.refusal is access.NOT_A_MEMBER  # staff, but not a member of a project
+    assert access.decide(db, "rev", INSIDE).groups == ["reviewers"]
+    assert access.decide(db, "both", INSIDE).groups == ["operators", "reviewers"]
+
+
+def test_operator_who_is_also_a_member_gets_both_groups(db):
+    member(db, account(db, "opmember", is_operator=True), project(db))
+    decision = access.decide(db, "opmember", INSIDE)
+    assert decision.groups == ["operators", "gpu-users"]
+    assert decision.may_spawn
+
+
+def test_several_projects_the_first_usable_one_is_charged(db):
+    alice = account(db, "alice")
+    closed = project(db, ProjectStatus.CLOSED)
+    first = project(db)
+    second = project(db)
+    for p in (closed, second, first):
+        member(db, alice, p)
+    decision = access.decide(db, "alice", INSIDE)
+    assert decision.may_spawn
+    assert decision.project.id == first.id == min(first.id, second.id)
+
+
+def test_several_projects_none_usable_shows_the_latest_refusal(db):
+    bob = account(db, "bob")
+    suspended = project(db, ProjectStatus.SUSPENDED)
+    pending = project(db, ProjectStatus.PENDING)
+    member(db, bob, pending)
+    member(db, bob, suspended)
+    decision = access.decide(db, "bob", INSIDE)
+    assert decision.project.id == max(suspended.id, pending.id) == pending.id
+    assert decision.refusal is access.PENDING
+
+
+def test_is_member(db):
+    p, other = project(db), project(db)
+    member(db, account(db, "carol"), p)
+    account(db, "dave")
+    db.flush()
+    assert access.is_member(db, p.id, "carol")
+    assert not access.is_member(db, other.id, "carol")
+    assert not access.is_member(db, p.id, "dave")
+    assert not access.is_member(db, p.id, "nobody")
+
+
+def test_the_seeded_demo_accounts(db):
+    now = at("2026-11-28 09:00:00")
+    assert seed_demo(db, now=now) is True
+    assert seed_demo(db, now=now) is False  # once only
+    trainee = access.decide(db, "trainee", now)
+    assert trainee.may_spawn and trainee.groups == ["gpu-users"]
+    assert access.decide(db, "applicant", now).refusal is access.PENDING
+    assert access.decide(db, "operator", now).groups == ["operators"]
+    assert access.decide(db, "reviewer", now).groups == ["reviewers"]
+    # the demo window is the notice date (today in Taipei) + 3 months
+    assert access.decide(db, "trainee", at("2027-02-27 23:59:59")).may_spawn
+    assert access.decide(db, "trainee", at("2027-02-28 00:00:00")).refusal is access.WINDOW_ENDED
+
+
+def test_refusal_messages_are_bilingual():
+    for refusal in (access.NOT_A_MEMBER, access.PENDING, access.WINDOW_ENDED):
+        zh, en = refusal.message.split(" / ")
+        assert zh == refusal.zh and en == refusal.en
+        assert not zh.isascii() and en.isascii()
