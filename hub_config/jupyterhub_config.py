@@ -32,6 +32,8 @@ c.JupyterHub.cookie_secret_file = str(state / "jupyterhub_cookie_secret")
 c.JupyterHub.pid_file = str(state / "jupyterhub.pid")
 c.JupyterHub.template_paths = [str(HERE / "templates")]
 c.JupyterHub.allow_named_servers = True
+# land on the home page, which says what this person may do (and why not)
+c.JupyterHub.redirect_to_server = False
 c.JupyterHub.named_server_limit_per_user = int(env("AIPOWER_NAMED_SERVER_LIMIT", "3"))
 
 # ---- sign-in: OpenID Connect ---------------------------------------------------------
@@ -65,10 +67,13 @@ c.JupyterHub.services = [
         "command": [sys.executable, "-m", "quota_service.app"],
         "environment": service_env,
         "oauth_client_allowed_scopes": ["custom:aipower:admin", "custom:aipower:review"],
+        # the platform's own service: no consent page between the hub and it
+        "oauth_no_confirm": True,
     },
     {"name": "aipower-hub-agent", "api_token": env("AIPOWER_HUB_AGENT_TOKEN", "")},
 ]
 c.QuotaServiceClient.url = f"http://127.0.0.1:{quota_port}/services/quota"
+c.QuotaServiceClient.timeout = float(env("AIPOWER_QUOTA_TIMEOUT", "10"))
 
 # ---- spawning ------------------------------------------------------------------------
 c.JupyterHub.spawner_class = "spawner.local.LocalGPUSpawner"
@@ -76,6 +81,7 @@ c.LocalGPUSpawner.home_dir_template = str(state / "homes" / "{username}")
 c.Spawner.cmd = [str(Path(sys.executable).with_name("jupyterhub-singleuser"))]
 c.Spawner.default_url = "/lab"
 c.Spawner.http_timeout = 60
+c.Spawner.poll_interval = int(env("AIPOWER_POLL_INTERVAL", "30"))
 if os.geteuid() == 0:
     c.Spawner.args = ["--ServerApp.allow_root=True"]
 c.LocalGPUSpawner.detect_gpus = env("AIPOWER_DETECT_GPUS", "1") == "1"

@@ -71,5 +71,3 @@ def load_roles(quota_service: str = "quota", hub_agent: str = "aipower-hub-agent
             "services": [hub_agent],
         },
     ]
-
-

@@ -103,13 +103,9 @@ class QuotaService(Application):
 
     def make_web_app(self) -> WebApplication:
         prefix = self.service_prefix
-        hub_auth = HubOAuth(api_token=os.environ.get("JUPYTERHUB_API_TOKEN", ""), cache_max_age=60)
-        settings = {
-            "service": self,
-            "hub_auth": hub_auth,
-            "xsrf_cookies": True,
-            "static_path": None,
-        }
+        # one HubOAuth for every handler, the OAuth callback's included (it keeps the PKCE verifier)
+        HubOAuth.instance(api_token=os.environ.get("JUPYTERHUB_API_TOKEN", ""), cache_max_age=60)
+        settings = {"service": self, "xsrf_cookies": True}
         return WebApplication(
             [(prefix + path, handler) for path, handler in handlers.routes()]
             + [(prefix + "oauth_callback", HubOAuthCallbackHandler)],

@@ -27,10 +27,6 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
     def service(self):
         return self.settings["service"]
 
-    @property
-    def hub_auth(self):
-        return self.settings["hub_auth"]
-
     async def prepare(self):
         model = await self.hub_auth.get_user(self, sync=False)
         try:

@@ -207,6 +207,13 @@ class GPUSpawnerMixin(LoggingConfigurable):
         finally:
             await self._close_session(reason="")
 
+    async def poll(self):
+        status = await super().poll()
+        if status is not None and self.session_id is not None:
+            # the server ended on its own (crash, exit): JupyterHub will not call stop()
+            await self._close_session(reason="server exited")
+        return status
+
     async def _close_session(self, *, reason: str, void: bool = False):
         session_id, self.session_id = self.session_id, None
         self.release_devices()
@@ -215,7 +222,14 @@ class GPUSpawnerMixin(LoggingConfigurable):
             return
         for attempt in range(1, self.close_retries + 1):
             try:
-                await self.quota.close_session(session_id, reason=reason, void=void)
+                closed = await self.quota.close_session(session_id, reason=reason, void=void)
+                self.log.info(
+                    "Metering of %s's server %r ended: session %s, %s s charged",
+                    self.user.name,
+                    self.name,
+                    session_id,
+                    closed.get("charged_seconds"),
+                )
                 return
             except (QuotaServiceUnavailable, QuotaRefusal) as e:
                 self.log.warning("Closing session %s failed (try %d): %s", session_id, attempt, e)
@@ -245,8 +259,6 @@ class GPUSpawnerMixin(LoggingConfigurable):
                     saved["gpu"], saved["gpu"]["gpu_count"]
                 )
 
-    def clear_state(self):
-        super().clear_state()
-        self.session_id = None
-        self.gpu_request = None
-        self.devices = []
+    # clear_state() is left alone on purpose: JupyterHub's local spawner calls it from
+    # poll() while stopping, before stop() returns; the session must outlive that, and
+    # _close_session() is what ends it.

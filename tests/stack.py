@@ -50,9 +50,14 @@ class Stack:
         if self.quota_db_url:
             argv += ["--quota-db-url", self.quota_db_url]
         env = dict(os.environ, **self.extra_env)
-        self._log = open(self.log_path, "ab")  # noqa: SIM115 (closed in stop)
+        self._log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
-            argv, cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+            argv,
+            cwd=ROOT,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         self.wait_ready(timeout)
         return self
@@ -88,10 +93,19 @@ class Stack:
 
     # ---- a person in a browser-less session -------------------------------------------
 
+    @staticmethod
+    def client() -> requests.Session:
+        """An HTTP client that reads pages as UTF-8, as browsers do from <meta charset>."""
+        client = requests.Session()
+        client.trust_env = False
+        client.hooks["response"].append(
+            lambda response, *a, **k: setattr(response, "encoding", "utf-8")
+        )
+        return client
+
     def sign_in(self, username: str) -> requests.Session:
         """The real OIDC flow over HTTP: the hub's login, the provider's form, the callback."""
-        browser = requests.Session()
-        browser.trust_env = False
+        browser = self.client()
         page = browser.get(self.base + "/hub/oauth_login", timeout=30)
         assert page.status_code == 200 and 'name="sub"' in page.text, page.text[:500]
         done = browser.post(page.url, data={"sub": username}, timeout=60)
@@ -114,8 +128,7 @@ class Stack:
         return response.json()["token"]
 
     def api(self, token: str) -> requests.Session:
-        client = requests.Session()
-        client.trust_env = False
+        client = self.client()
         client.headers["Authorization"] = f"token {token}"
         return client
 
