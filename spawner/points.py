@@ -14,11 +14,12 @@ exact figure.
 from __future__ import annotations
 
 import math
-from decimal import Decimal
+from decimal import Decimal, Inexact, localcontext
 
 MILLIPOINTS_PER_POINT = 1000
 POINTS_PER_GPU_HOUR = 2
 SECONDS_PER_HOUR = 3600
+MAX_MILLIPOINTS = 2**63 - 1  # one ledger row (BIGINT)
 
 
 def cumulative_millipoints(gpu_count: int, seconds: int) -> int:
@@ -61,7 +62,7 @@ def points_to_millipoints(points: Decimal | int | str) -> int:
     """Parse a number of points (as typed by an operator) into millipoints, exactly.
 
     Raises ValueError for anything that is not a finite number with at most three
-    decimal places.
+    decimal places, or too large for the ledger.
     """
     try:
         value = Decimal(str(points).strip())
@@ -69,7 +70,15 @@ def points_to_millipoints(points: Decimal | int | str) -> int:
         raise ValueError(f"not a number of points: {points!r}") from e
     if not value.is_finite():
         raise ValueError(f"not a number of points: {points!r}")
-    scaled = value * MILLIPOINTS_PER_POINT
+    # before any arithmetic: "1e999990" would take half a minute to turn into an int
+    if value.copy_abs() > Decimal(MAX_MILLIPOINTS) / MILLIPOINTS_PER_POINT:
+        raise ValueError(f"too many points: {points!r}")
+    with localcontext() as context:
+        context.traps[Inexact] = True  # a fourth decimal place is never rounded away
+        try:
+            scaled = value * MILLIPOINTS_PER_POINT
+        except Inexact:
+            raise ValueError("points have at most three decimal places") from None
     if scaled != scaled.to_integral_value():
         raise ValueError("points have at most three decimal places")
     return int(scaled)
