@@ -9,6 +9,7 @@ from fractions import Fraction
 import pytest
 
 from spawner.points import (
+    MAX_MILLIPOINTS,
     burn_rate_points_per_hour,
     cumulative_millipoints,
     interval_cost,
@@ -205,6 +206,30 @@ def test_points_to_millipoints_accepts(typed, millipoints):
 def test_points_to_millipoints_refuses(typed):
     with pytest.raises(ValueError):
         points_to_millipoints(typed)
+
+
+@pytest.mark.parametrize(
+    "typed",
+    [
+        "1e30",  # would overflow the ledger's BIGINT column on insert
+        "-1e30",
+        "9223372036854775.808",  # one millipoint above 2**63 - 1
+        "1e999990",  # used to take half a minute to become an int
+        "1e10000000",  # used to raise decimal.Overflow, not ValueError
+        "1e-999999999",  # used to underflow silently to 0 and be accepted
+        "1000.0000000000000000000000001",  # 29 digits: used to be rounded to 1000 and accepted
+    ],
+)
+def test_points_to_millipoints_refuses_what_the_ledger_cannot_hold_exactly(typed):
+    with pytest.raises(ValueError):
+        points_to_millipoints(typed)
+
+
+def test_points_to_millipoints_limits_and_exact_long_inputs():
+    assert points_to_millipoints("9223372036854775.807") == MAX_MILLIPOINTS == 2**63 - 1
+    assert points_to_millipoints("-9223372036854775.807") == -(2**63 - 1)
+    assert points_to_millipoints("1.0000000000000000000000000000000") == 1000  # zeros only
+    assert points_to_millipoints("0.0010000000000000000000000000000000") == 1
 
 
 @pytest.mark.parametrize(
