@@ -294,6 +294,7 @@ def main(argv=None) -> int:
     print(
         f"# {datetime.now(UTC).isoformat(timespec='seconds')} · {platform.node()} · "
         f"{os.cpu_count()} CPUs · Python {platform.python_version()} · state {workdir}"
+        f" · load {' '.join(f'{x:.2f}' for x in os.getloadavg())}"
     )
     rounds: dict[str, list[Round]] = {"ours": [], "stock": []}
     failed = True
@@ -324,6 +325,7 @@ def main(argv=None) -> int:
             print(f"state and logs kept in {workdir}", file=sys.stderr)
         else:
             shutil.rmtree(workdir, ignore_errors=True)
+    print(f"# load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print()
     print(report(rounds))
     return 0
