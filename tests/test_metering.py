@@ -186,6 +186,14 @@ def test_a_started_second_is_charged(session_factory):
     ]
 
 
+def test_a_single_second_after_the_last_interval_is_charged_at_close(session_factory):
+    make_project(session_factory)
+    sid = open_(session_factory, request(gpus=2), T0)
+    meter(session_factory, t(60))
+    assert close(session_factory, sid, t(61)) == 1  # ceil(610/9) = 68; 68 - 67
+    assert usage(session_factory, sid) == [(0, 0, 60, -67), (1, 60, 61, -1)]
+
+
 def test_one_gpu_for_an_hour_costs_two_points(session_factory):
     project = make_project(session_factory)
     sid = open_(session_factory, request(gpus=1), T0, interval=300)
