@@ -9,7 +9,6 @@ that is repeated or retried charges nothing twice. Amounts follow ``spawner.poin
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -28,6 +27,11 @@ NO_BALANCE = Refusal(
     "balance-too-low",
     "計畫點數不足以支付下一個計費區間，伺服器已停止或無法啟動。",
     "The project's points cannot pay for the next metering interval, so its servers stop or cannot start.",
+)
+BAD_REQUEST = Refusal(
+    "bad-gpu-request",
+    "GPU 廠牌或數量不正確。",
+    "The GPU vendor or count is not valid.",
 )
 GPU_LIMIT = Refusal(
     "gpu-limit",
@@ -75,6 +79,8 @@ def open_session(
     db: Session, request: ServerRequest, *, now: datetime, interval_seconds: int
 ) -> UsageSession:
     """Open a metered session, or raise SessionRefused with nothing written."""
+    if request.gpu_vendor not in ("nvidia", "amd") or request.gpu_count < 1:
+        raise SessionRefused(BAD_REQUEST, f"{request.gpu_count} × {request.gpu_vendor!r}")
     decision = access.decide(db, request.username, now)
     if not decision.may_spawn:
         raise SessionRefused(decision.refusal or access.NOT_A_MEMBER)
@@ -191,12 +197,15 @@ def close_session(
 def meter(db: Session, *, now: datetime) -> list[StopOrder]:
     """One metering pass: charge every open session, then decide which servers must stop
     (project no longer usable, member removed, or balance short of the next interval)."""
-    by_project: dict[int, list[UsageSession]] = defaultdict(list)
-    for session in open_sessions(db):
-        by_project[session.project_id].append(session)
+    project_ids = db.scalars(
+        select(UsageSession.project_id).where(UsageSession.stopped_at.is_(None)).distinct()
+    ).all()
     orders: list[StopOrder] = []
-    for project_id, sessions in by_project.items():
+    for project_id in sorted(project_ids):
+        # lock first, then read: a stop being recorded at the same moment is either
+        # fully before this pass or fully after it
         project = ledger.lock_project(db, project_id)
+        sessions = open_sessions(db, project_id)
         for session in sessions:
             settle(db, session, now=now, final=False)
         refusal = access.project_refusal(project, now)

@@ -338,6 +338,13 @@ def test_refused_above_the_gpus_per_server_limit(session_factory):
     assert open_(session_factory, request(gpus=2), T0)  # the limit itself is fine
 
 
+@pytest.mark.parametrize(("vendor", "gpus"), [("nvidia", 0), ("nvidia", -1), ("intel", 1), ("", 1)])
+def test_refused_for_a_vendor_or_count_no_server_can_have(session_factory, vendor, gpus):
+    make_project(session_factory)
+    req = ServerRequest("alice", "", vendor, gpus, devices=[], simulated=True)
+    assert refused(session_factory, req) is metering.BAD_REQUEST
+
+
 def test_refused_when_the_balance_cannot_pay_the_next_interval_of_all_servers(session_factory):
     need = interval_cost(2, 60) + interval_cost(1, 60)
     assert need == 67 + 34
