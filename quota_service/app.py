@@ -27,6 +27,11 @@ from .hub_api import HubAPI
 from .timewindow import utcnow
 
 
+def _when(iso: str | None) -> str:
+    """An ISO time from the read models, as people read it: 2026-11-28 11:47:06 (Taipei)."""
+    return "—" if not iso else iso[:19].replace("T", " ")
+
+
 class QuotaService(Application):
     name = "aipower-quota-service"
     description = "aipower-hub quota service: projects, points ledger, metering"
@@ -100,6 +105,7 @@ class QuotaService(Application):
             loader=PackageLoader("quota_service", "templates"),
             autoescape=select_autoescape(default=True),
         )
+        self.templates.filters["when"] = _when
 
     def make_web_app(self) -> WebApplication:
         prefix = self.service_prefix

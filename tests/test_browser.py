@@ -1,0 +1,110 @@
+"""Pages in a real browser (Debian's Chromium driven by Playwright) against the real stack."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+from playwright.sync_api import expect, sync_playwright
+
+from tests.stack import Stack
+
+pytestmark = pytest.mark.e2e
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    platform = Stack(tmp_path_factory.mktemp("browser-stack"), metering_interval=5).start()
+    yield platform
+    platform.stop()
+
+
+@pytest.fixture(scope="module")
+def chromium():
+    if not shutil.which(CHROMIUM):
+        pytest.fail("Chromium is missing: apt-get install -y chromium (.ci/run does it)")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        yield browser
+        browser.close()
+
+
+def sign_in(page, stack: Stack, username: str) -> None:
+    page.goto(stack.url("/hub/login"))
+    page.get_by_text("Sign in with 企業帳號 / Company account").click()
+    page.locator('input[name="sub"]').fill(username)
+    page.get_by_role("button", name="Authorize").first.click()
+    page.wait_for_url("**/hub/home")
+
+
+def test_trainee_starts_an_amd_server_from_the_form_and_sees_it_metered(stack, chromium, tmp_path):
+    page = chromium.new_page()
+    sign_in(page, stack, "trainee")
+    expect(page.locator("#aipower-balance")).to_have_text("1000.000")
+    page.locator("#start").click()
+    page.wait_for_url("**/hub/spawn**")
+    expect(page.locator("#spawn_form")).to_contain_text("模擬 simulated")
+    page.locator("#gpu-vendor-amd").check()
+    page.locator("#gpu-count").select_option("1")
+    page.locator("#spawn_form button[type=submit]").click()
+    page.wait_for_url("**/user/trainee/lab**", timeout=90_000)
+    expect(page.locator("#jp-main-dock-panel")).to_be_visible(timeout=60_000)
+
+    page.goto(stack.url("/services/quota/"))
+    page.get_by_role("link", name="示範智能 醫療影像模型訓練").click()
+    servers = page.locator("table.servers")
+    expect(servers).to_contain_text("AMD (ROCm)")
+    expect(servers).to_contain_text("amd:0")
+    expect(servers).to_contain_text("模擬 simulated")
+    expect(page.locator("#burn-rate")).to_contain_text("2 點/小時")
+    page.screenshot(path=str(tmp_path / "project.png"), full_page=True)
+
+    page.goto(stack.url("/hub/home"))
+    page.locator("#stop").click()
+    expect(page.locator("#stop")).to_be_hidden(timeout=60_000)
+    page.close()
+
+
+def test_applicant_sees_why_and_no_start_button(stack, chromium):
+    page = chromium.new_page()
+    sign_in(page, stack, "applicant")
+    expect(page.locator("#aipower-refusal")).to_contain_text("申請案尚在審查中")
+    expect(page.locator("#aipower-refusal")).to_contain_text("still under review")
+    expect(page.locator("#start")).to_have_count(0)
+    page.goto(stack.url("/services/quota/admin"))
+    expect(page.locator("h1")).to_contain_text("403")
+    page.close()
+
+
+def test_operator_grants_points_and_a_bad_amount_keeps_what_was_typed(stack, chromium):
+    page = chromium.new_page()
+    sign_in(page, stack, "operator")
+    page.goto(stack.url("/services/quota/admin"))
+    section = page.locator("#project-1")
+    section.locator('form[action$="/grant"] input[name="points"]').fill("12.3456")
+    section.locator('form[action$="/grant"] input[name="reason"]').fill("補發 / top-up")
+    section.locator('form[action$="/grant"] button').click()
+    section = page.locator("#project-1")
+    expect(section.locator(".error")).to_contain_text("three decimal places")
+    expect(section.locator('form[action$="/grant"] input[name="points"]')).to_have_value("12.3456")
+    expect(section.locator('form[action$="/grant"] input[name="reason"]')).to_have_value(
+        "補發 / top-up"
+    )
+    before = section.locator(".balance").inner_text()
+    section.locator('form[action$="/grant"] input[name="points"]').fill("12.5")
+    section.locator('form[action$="/grant"] button').click()
+    after = page.locator("#project-1 .balance").inner_text()
+    from decimal import Decimal
+
+    assert Decimal(after) == Decimal(before) + Decimal("12.5")
+    page.close()
