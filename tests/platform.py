@@ -63,6 +63,10 @@ class QuotaDB:
                 ledger.grant(db, project, millipoints, actor="test", reason="test grant", now=now)
             return project.id
 
+    def set_window_end(self, project_id: int, window_end) -> None:
+        with database.transaction(self.factory) as db:
+            db.get(Project, project_id).window_end = window_end
+
     def project_of(self, username: str) -> int:
         with self.factory() as db:
             return db.scalar(

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import signal
 import time
+from datetime import timedelta
 
 import pytest
 import requests
 
 from quota_service.models import UsageSession
+from quota_service.timewindow import utcnow
 from spawner.points import cumulative_millipoints, interval_cost
 from tests.platform import QuotaDB, process_listening_on, wait_for
 from tests.stack import Stack
@@ -239,6 +241,26 @@ def test_a_project_run_down_to_zero_has_its_server_stopped(stack, quota_db):
     # and a new start is refused: the balance cannot pay the first interval
     response = start(api, stack, "spender", {"gpu_vendor": "nvidia", "gpu_count": 2})
     assert response.status_code == 403 and "next metering interval" in response.json()["message"]
+
+
+def test_servers_stop_at_the_end_of_the_window_and_cannot_start_after_it(stack, quota_db):
+    project_id = quota_db.add_project("closing", business_number="38602105", millipoints=100_000)
+    browser = stack.sign_in("closing")
+    api = stack.api(stack.token_for(browser, "closing"))
+    assert start(api, stack, "closing", {"gpu_vendor": "nvidia", "gpu_count": 1}).status_code in (
+        201,
+        202,
+    )
+    wait_ready(api, stack, "closing")
+    end = utcnow() + timedelta(seconds=3)
+    quota_db.set_window_end(project_id, end)
+    wait_gone(api, stack, "closing", timeout=30)
+    session = quota_db.sessions("closing")[-1]
+    assert "window has ended" in session.stop_reason
+    # stopped by the first metering pass after the end, so within one interval of it
+    assert end <= session.stopped_at <= end + timedelta(seconds=INTERVAL + 5)
+    response = start(api, stack, "closing", {"gpu_vendor": "nvidia", "gpu_count": 1})
+    assert response.status_code == 403
 
 
 def test_suspension_stops_running_servers_and_later_spawns(stack, quota_db):
