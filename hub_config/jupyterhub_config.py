@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from hub_config.roles import CUSTOM_SCOPES, load_roles
+from quota_service.db import normalize_url
 
 c = get_config()  # noqa: F821 (provided by JupyterHub)
 
@@ -27,7 +28,9 @@ c.ConfigurableHTTPProxy.command = [
     env("AIPOWER_CHP", str(ROOT / ".local/node/node_modules/.bin/configurable-http-proxy"))
 ]
 c.ConfigurableHTTPProxy.pid_file = str(state / "proxy.pid")
-c.JupyterHub.db_url = env("AIPOWER_HUB_DB_URL", f"sqlite:///{state / 'jupyterhub.sqlite'}")
+c.JupyterHub.db_url = normalize_url(
+    env("AIPOWER_HUB_DB_URL", f"sqlite:///{state / 'jupyterhub.sqlite'}")
+)
 c.JupyterHub.cookie_secret_file = str(state / "jupyterhub_cookie_secret")
 c.JupyterHub.pid_file = str(state / "jupyterhub.pid")
 c.JupyterHub.template_paths = [str(HERE / "templates")]

@@ -9,6 +9,7 @@ file or the environment variables named in each trait's help.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 from urllib.parse import urlparse
@@ -34,6 +35,11 @@ def _when(iso: str | None) -> str:
 
 class QuotaService(Application):
     name = "aipower-quota-service"
+
+    @default("log_level")
+    def _default_log_level(self):
+        return logging.INFO
+
     description = "aipower-hub quota service: projects, points ledger, metering"
 
     config_file = Unicode(
@@ -120,9 +126,16 @@ class QuotaService(Application):
         )
 
     async def meter_once(self) -> list[metering.StopOrder]:
-        """One metering pass; then ask the hub to stop what must stop."""
+        """One metering pass, reconciled with the servers the hub really runs; then ask
+        the hub to stop what must stop."""
+        listed_at = utcnow()
+        try:
+            running = await self.hub_api.running_servers()
+        except Exception as e:  # the hub is restarting: charge now, reconcile next time
+            self.log.warning("Hub server list unavailable, metering without it: %s", e)
+            running = None
         with database.transaction(self.session_factory) as db:
-            orders = metering.meter(db, now=utcnow())
+            orders = metering.meter(db, now=utcnow(), running=running, listed_at=listed_at)
         for order in orders:
             self.log.info(
                 "Stopping %s's server %r: %s", order.username, order.server_name, order.reason.code
@@ -163,6 +176,11 @@ class QuotaService(Application):
 
 
 def main(argv=None):
+    # one format for our modules and tornado's access log; tokens travel in headers,
+    # which are never logged
+    logging.basicConfig(
+        level=logging.INFO, format="[%(levelname).1s %(asctime)s %(name)s] %(message)s"
+    )
     app = QuotaService.instance()
     app.initialize(argv)
     app.start()

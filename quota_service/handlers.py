@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from http.client import responses
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from .models import Project, ProjectStatus, UsageSession
 from .timewindow import utcnow
 
 OPENAPI = Path(__file__).parent / "openapi.yaml"
+log = logging.getLogger(__name__)
 
 
 class BaseHandler(HubOAuthenticated, web.RequestHandler):
@@ -112,9 +114,7 @@ class APIHandler(BaseHandler):
         exc = kwargs.get("exc_info", (None, None, None))[1]
         message = responses.get(status_code, "error")
         reason = "error"
-        if isinstance(exc, SessionRefused):
-            status_code, reason, message = 403, exc.refusal.code, exc.refusal.message
-        elif isinstance(exc, web.HTTPError) and exc.log_message:
+        if isinstance(exc, web.HTTPError) and exc.log_message:
             message, reason = exc.log_message, exc.reason or reason
         elif status_code >= 500:
             message = "服務發生錯誤 / internal error"
@@ -284,13 +284,20 @@ class SessionsAPI(InternalAPIHandler):
             )
         except (KeyError, TypeError, ValueError) as e:
             raise web.HTTPError(400, f"欄位錯誤 / bad field: {e}") from None
-        with self.db() as db:
-            session = metering.open_session(
-                db, request, now=utcnow(), interval_seconds=self.service.metering_interval
+        try:
+            with self.db() as db:
+                session = metering.open_session(
+                    db, request, now=utcnow(), interval_seconds=self.service.metering_interval
+                )
+                opened = reports.server_summary(session) | {"project_id": session.project_id}
+        except SessionRefused as e:
+            # a refusal is an answer, not an error: no traceback in the log
+            log.info("Refused %s's server %r: %s", request.username, request.server_name, e)
+            refusal = e.refusal
+            return self.write_json(
+                {"status": 403, "reason": refusal.code, "message": refusal.message}, 403
             )
-            self.write_json(
-                reports.server_summary(session) | {"project_id": session.project_id}, 201
-            )
+        self.write_json(opened, 201)
 
 
 class SessionCloseAPI(InternalAPIHandler):

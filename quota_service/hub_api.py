@@ -38,9 +38,23 @@ class HubAPI:
             return False
         return True
 
-    async def running_servers(self) -> list[dict]:
-        response = await AsyncHTTPClient().fetch(
-            self.api_url + "/users?state=active",
-            headers={"Authorization": f"token {self._token}"},
-        )
-        return json.loads(response.body)
+    async def running_servers(self, page_size: int = 500) -> set[tuple[str, str]]:
+        """(user, server name) of every server the hub runs or is starting, all pages."""
+        running: set[tuple[str, str]] = set()
+        offset = 0
+        while True:
+            response = await AsyncHTTPClient().fetch(
+                f"{self.api_url}/users?state=active&offset={offset}&limit={page_size}",
+                headers={
+                    "Authorization": f"token {self._token}",
+                    "Accept": "application/jupyterhub-pagination+json",
+                },
+                request_timeout=30,
+            )
+            page = json.loads(response.body)
+            for user in page["items"]:
+                running.update((user["name"], name) for name in user.get("servers", {}))
+            following = page["_pagination"].get("next")
+            if not following:
+                return running
+            offset = following["offset"]

@@ -169,14 +169,22 @@ def _charge(db: Session, session: UsageSession, period: int, to_seconds: int, no
 
 
 def close_session(
-    db: Session, session: UsageSession, *, now: datetime, reason: str = "", void: bool = False
+    db: Session,
+    session: UsageSession,
+    *,
+    now: datetime,
+    reason: str = "",
+    void: bool = False,
+    stopped_at: datetime | None = None,
 ) -> int:
     """Stop metering; idempotent (a closed session is left as it is). ``void`` is for a
     server that never came up: it ends the session where it began, so nothing is charged
-    beyond periods already charged."""
+    beyond periods already charged. ``stopped_at`` is for a stop learnt after the fact."""
     if session.stopped_at is not None:
         return 0
-    session.stopped_at = session.started_at if void else max(now, session.started_at)
+    if void:
+        stopped_at = session.started_at
+    session.stopped_at = max(stopped_at or now, session.started_at)
     if reason and not session.stop_reason:
         session.stop_reason = reason
     charged = settle(db, session, now=now, final=True)
@@ -194,9 +202,22 @@ def close_session(
     return charged
 
 
-def meter(db: Session, *, now: datetime) -> list[StopOrder]:
-    """One metering pass: charge every open session, then decide which servers must stop
-    (project no longer usable, member removed, or balance short of the next interval)."""
+def meter(
+    db: Session,
+    *,
+    now: datetime,
+    running: set[tuple[str, str]] | None = None,
+    listed_at: datetime | None = None,
+) -> list[StopOrder]:
+    """One metering pass.
+
+    With ``running`` (the servers the hub listed at ``listed_at``), sessions are first
+    reconciled with what really runs: a session whose server the hub no longer runs is
+    closed where it was last seen, so a stop the service missed (it was down, or the hub
+    stopped servers after it) is never charged past the server's life. Then every open
+    session is charged, and the servers that must stop are returned (project no longer
+    usable, member removed, or balance short of the next interval).
+    """
     project_ids = db.scalars(
         select(UsageSession.project_id).where(UsageSession.stopped_at.is_(None)).distinct()
     ).all()
@@ -206,6 +227,8 @@ def meter(db: Session, *, now: datetime) -> list[StopOrder]:
         # fully before this pass or fully after it
         project = ledger.lock_project(db, project_id)
         sessions = open_sessions(db, project_id)
+        if running is not None and listed_at is not None:
+            sessions = _reconcile(db, sessions, running, listed_at, now)
         for session in sessions:
             settle(db, session, now=now, final=False)
         refusal = access.project_refusal(project, now)
@@ -223,3 +246,34 @@ def meter(db: Session, *, now: datetime) -> list[StopOrder]:
                     )
                 orders.append(StopOrder(session.id, session.username, session.server_name, reason))
     return orders
+
+
+def _reconcile(
+    db: Session,
+    sessions: list[UsageSession],
+    running: set[tuple[str, str]],
+    listed_at: datetime,
+    now: datetime,
+) -> list[UsageSession]:
+    still_open = []
+    for session in sessions:
+        if (session.username, session.server_name) in running:
+            session.last_seen_at = listed_at
+            still_open.append(session)
+        elif session.started_at >= listed_at:
+            still_open.append(session)  # opened after the hub's list was taken
+        else:
+            log.warning(
+                "session %s: %s/%s is not running in the hub; closing it where last seen",
+                session.id,
+                session.username,
+                session.server_name,
+            )
+            close_session(
+                db,
+                session,
+                now=now,
+                stopped_at=session.last_seen_at or session.started_at,
+                reason="server not running in the hub",
+            )
+    return still_open

@@ -127,6 +127,8 @@ class UsageSession(Base):
     interval_seconds: Mapped[int] = mapped_column(Integer)
     started_at: Mapped[datetime] = mapped_column(UTCDateTime())
     stopped_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True, index=True)
+    # the last metering pass that found the server running in the hub
+    last_seen_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     # how far the ledger has charged this session, in whole seconds from started_at
     charged_seconds: Mapped[int] = mapped_column(Integer, default=0)
     charged_periods: Mapped[int] = mapped_column(Integer, default=0)

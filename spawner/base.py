@@ -51,7 +51,8 @@ class GPUSpawnerMixin(LoggingConfigurable):
 
     close_retries = Integer(
         3,
-        help="Attempts to report a stop to the quota service before leaving it to reconciliation, e.g. 3.",
+        help="""Attempts to report a stop to the quota service, e.g. 3; after that the
+        service's reconciliation with the hub's server list closes the session.""",
     ).tag(config=True)
 
     session_id: int | None = None
@@ -97,6 +98,12 @@ class GPUSpawnerMixin(LoggingConfigurable):
     @default("options_form")
     def _default_options_form(self):
         return self._options_form
+
+    @default("apply_user_options")
+    def _default_apply_user_options(self):
+        # the options are checked in start(), against the project's limit that only the
+        # quota service knows at that moment; JupyterHub need not apply them itself
+        return lambda spawner, user_options: None
 
     def options_from_form(self, formdata):
         return options_from_form(formdata)
@@ -233,7 +240,10 @@ class GPUSpawnerMixin(LoggingConfigurable):
                 return
             except (QuotaServiceUnavailable, QuotaRefusal) as e:
                 self.log.warning("Closing session %s failed (try %d): %s", session_id, attempt, e)
-                await asyncio.sleep(min(2**attempt, 10))
+                if attempt < self.close_retries:
+                    await asyncio.sleep(min(2**attempt, 10))
+        # the quota service's next pass finds the server gone from the hub and closes the
+        # session where it last saw it running
         self.log.error("Session %s left open: the quota service will settle it", session_id)
 
     # ---- state across hub restarts -----------------------------------------------------

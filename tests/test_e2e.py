@@ -353,3 +353,34 @@ def test_quota_service_down_fails_closed_and_recovers(stack, quota_db, trainee):
     wait_ready(api, stack, "trainee")
     api.delete(stack.url("/hub/api/users/trainee/server"), timeout=60)
     wait_gone(api, stack, "trainee")
+
+
+# keep last: it restarts the module's stack
+
+
+def test_a_server_running_when_the_hub_stops_is_not_charged_for_the_downtime(stack, quota_db):
+    project_id = quota_db.add_project("restarter", business_number="38602111", millipoints=100_000)
+    browser = stack.sign_in("restarter")
+    api = stack.api(stack.token_for(browser, "restarter"))
+    assert start(api, stack, "restarter", {"gpu_vendor": "nvidia", "gpu_count": 1}).status_code in (
+        201,
+        202,
+    )
+    wait_ready(api, stack, "restarter")
+    time.sleep(2 * INTERVAL + 1)  # seen running by at least one metering pass
+    down_at = utcnow()
+    # JupyterHub stops its services before the servers, so this stop cannot be reported
+    stack.stop()
+    time.sleep(4 * INTERVAL)
+    stack.start()
+    session = wait_for(
+        lambda: (s := quota_db.sessions("restarter")[-1]).stopped_at is not None and s,
+        30,
+        "the session is closed by reconciliation",
+    )
+    assert session.stopped_at <= down_at
+    charged = 100_000 - quota_db.balance(project_id)
+    assert charged == cumulative_millipoints(1, session.charged_seconds)
+    # nothing for the downtime: at most the interval in which the server was last seen
+    lived = (down_at - session.started_at).total_seconds()
+    assert session.charged_seconds <= lived + INTERVAL + 1

@@ -512,3 +512,53 @@ def test_grants_without_a_session_are_not_caught_by_the_period_constraint(sessio
         ledger.grant(db, p, 1000, actor="operator", reason="bonus", now=T0)
         ledger.grant(db, p, 1000, actor="operator", reason="bonus", now=T0)
     assert balance(session_factory, project) == 1_002_000
+
+
+# --- reconciliation with the servers the hub runs -------------------------------------------
+
+
+def reconcile(session_factory, now, running, listed_at=None) -> list[metering.StopOrder]:
+    with database.transaction(session_factory) as db:
+        return metering.meter(db, now=now, running=running, listed_at=listed_at or now)
+
+
+def test_a_server_the_hub_no_longer_runs_is_closed_where_it_was_last_seen(session_factory):
+    # 2 GPUs, 60 s intervals: seen running at 120 s, then the service was down until 600 s
+    # and the hub stopped the server meanwhile: nothing is charged after 120 s
+    project = make_project(session_factory)
+    session_id = open_(session_factory, request(gpus=2), T0)
+    assert reconcile(session_factory, t(120), running={("alice", "")}) == []
+    assert get_session(session_factory, session_id).last_seen_at == t(120)
+    reconcile(session_factory, t(600), running=set())
+    closed = get_session(session_factory, session_id)
+    assert closed.stopped_at == t(120) and closed.stop_reason == "server not running in the hub"
+    assert closed.charged_seconds == 120
+    assert balance(session_factory, project) == 1_000_000 - cumulative_millipoints(2, 120)
+    reconcile(session_factory, t(900), running=set())  # re-running the pass changes nothing
+    assert balance(session_factory, project) == 1_000_000 - cumulative_millipoints(2, 120)
+
+
+def test_a_server_never_seen_running_is_closed_at_its_start(session_factory):
+    project = make_project(session_factory)
+    session_id = open_(session_factory, request(gpus=1), T0)
+    reconcile(session_factory, t(300), running=set())
+    closed = get_session(session_factory, session_id)
+    assert closed.stopped_at == T0 and closed.charged_seconds == 0
+    assert balance(session_factory, project) == 1_000_000
+
+
+def test_a_session_opened_after_the_hub_listed_its_servers_is_left_open(session_factory):
+    make_project(session_factory)
+    session_id = open_(session_factory, request(gpus=1), t(10))
+    # the list was taken at 5 s, before this server's start: its absence proves nothing
+    reconcile(session_factory, t(70), running=set(), listed_at=t(5))
+    session = get_session(session_factory, session_id)
+    assert session.stopped_at is None and session.charged_seconds == 60
+
+
+def test_without_the_hub_list_sessions_are_charged_and_not_closed(session_factory):
+    make_project(session_factory)
+    session_id = open_(session_factory, request(gpus=1), T0)
+    meter(session_factory, t(120))
+    session = get_session(session_factory, session_id)
+    assert session.stopped_at is None and session.charged_seconds == 120

@@ -10,7 +10,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Column, Integer, MetaData, inspect, select, text
 
 from quota_service import db as database
-from quota_service.models import Account, Base
+from quota_service.models import Account, Base, UsageSession
 from tests.conftest import at
 
 TABLES = {
@@ -55,7 +55,7 @@ def schema(engine) -> dict:
 
 
 def test_upgrade_reaches_head_with_every_table(engine):
-    assert head() == "0001"
+    assert head() == "0002"
     assert current_revision(engine) == head()
     assert set(inspect(engine).get_table_names()) == TABLES | {"alembic_version"}
 
@@ -107,3 +107,43 @@ def test_downgrade_to_base_and_up_again(engine):
     assert current_revision(engine) is None
     database.upgrade(engine)
     assert schema(engine) == before
+
+
+def test_upgrading_a_first_release_database_keeps_its_data(database_url):
+    # a database created by revision 0001 (no last_seen_at) with a session in it
+    engine = database.make_engine(database_url)
+    database.upgrade(engine, "0001")
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "insert into companies (id, name, business_number, created_at)"
+                " values (1, 'c', '04595257', '2026-11-28 00:00:00')"
+            )
+        )
+        connection.execute(
+            text(
+                "insert into accounts (id, username, email, display_name, is_operator,"
+                " is_reviewer, created_at) values (1, 'a', '', '', false, false, '2026-11-28 00:00:00')"
+            )
+        )
+        connection.execute(
+            text(
+                "insert into projects (id, company_id, name, category, status,"
+                " max_gpus_per_server, created_at)"
+                " values (1, 1, 'p', 'training', 'approved', 2, '2026-11-28 00:00:00')"
+            )
+        )
+        connection.execute(
+            text(
+                "insert into usage_sessions (id, project_id, account_id, username, server_name,"
+                " gpu_vendor, gpu_count, devices, simulated, interval_seconds, started_at,"
+                " charged_seconds, charged_periods, stop_reason) values (1, 1, 1, 'a', '',"
+                " 'nvidia', 2, 'nvidia:0,nvidia:1', true, 60, '2026-11-28 00:00:00', 120, 2, '')"
+            )
+        )
+    database.upgrade(engine)
+    assert current_revision(engine) == head()
+    with database.transaction(database.make_session_factory(engine)) as db:
+        session = db.get(UsageSession, 1)
+        assert (session.gpu_count, session.charged_seconds, session.last_seen_at) == (2, 120, None)
+    engine.dispose()
