@@ -10,6 +10,26 @@ from sqlalchemy.orm import Session
 from .models import AuditEvent
 
 
+def row(
+    *,
+    actor: str,
+    action: str,
+    subject_type: str,
+    subject_id: object,
+    at: datetime,
+    **detail: object,
+) -> dict:
+    """An audit row as a dict, for bulk inserts in the same transaction as the change."""
+    return {
+        "at": at,
+        "actor": actor,
+        "action": action,
+        "subject_type": subject_type,
+        "subject_id": str(subject_id),
+        "detail": json.dumps(detail, ensure_ascii=False, default=str, sort_keys=True),
+    }
+
+
 def record(
     db: Session,
     *,
@@ -21,12 +41,14 @@ def record(
     **detail: object,
 ) -> AuditEvent:
     event = AuditEvent(
-        at=at,
-        actor=actor,
-        action=action,
-        subject_type=subject_type,
-        subject_id=str(subject_id),
-        detail=json.dumps(detail, ensure_ascii=False, default=str, sort_keys=True),
+        **row(
+            actor=actor,
+            action=action,
+            subject_type=subject_type,
+            subject_id=subject_id,
+            at=at,
+            **detail,
+        )
     )
     db.add(event)
     return event

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
+from datetime import datetime
 from urllib.parse import quote
 
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
+
+from .metering import RunningServer
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +41,9 @@ class HubAPI:
             return False
         return True
 
-    async def running_servers(self, page_size: int = 500) -> set[tuple[str, str]]:
-        """(user, server name) of every server the hub runs or is starting, all pages."""
-        running: set[tuple[str, str]] = set()
+    async def running_servers(self, page_size: int = 500) -> dict[tuple[str, str], RunningServer]:
+        """Every server the hub runs or is starting, by (user, server name), all pages."""
+        running: dict[tuple[str, str], RunningServer] = {}
         offset = 0
         while True:
             response = await AsyncHTTPClient().fetch(
@@ -53,8 +56,23 @@ class HubAPI:
             )
             page = json.loads(response.body)
             for user in page["items"]:
-                running.update((user["name"], name) for name in user.get("servers", {}))
+                for name, server in (user.get("servers") or {}).items():
+                    running[(user["name"], name)] = running_server(server)
             following = page["_pagination"].get("next")
             if not following:
                 return running
             offset = following["offset"]
+
+
+def running_server(model: dict) -> RunningServer:
+    """The parts of a hub server model that metering needs; GPU options as the spawner
+    recorded them (strings when they came from the form)."""
+    options = model.get("user_options") or {}
+    count = options.get("gpu_count")
+    started = model.get("started")
+    return RunningServer(
+        ready=bool(model.get("ready")),
+        started=datetime.fromisoformat(started.replace("Z", "+00:00")) if started else None,
+        gpu_vendor=options.get("gpu_vendor"),
+        gpu_count=int(count) if str(count).isdigit() else None,
+    )

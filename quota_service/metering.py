@@ -9,17 +9,26 @@ that is repeated or retried charges nothing twice. Amounts follow ``spawner.poin
 from __future__ import annotations
 
 import logging
+from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
 
 from spawner.points import interval_cost, period_charge, whole_seconds
 
 from . import access, audit, ledger
 from .access import Refusal
-from .models import Account, LedgerEntry, LedgerKind, UsageSession
+from .models import (
+    Account,
+    AuditEvent,
+    LedgerEntry,
+    LedgerKind,
+    Membership,
+    Project,
+    UsageSession,
+)
 
 log = logging.getLogger(__name__)
 
@@ -129,43 +138,77 @@ def open_session(
     return session
 
 
-def settle(db: Session, session: UsageSession, *, now: datetime, final: bool) -> int:
-    """Charge what ``session`` owes up to ``now`` (or its stop); returns millipoints charged.
+@dataclass(frozen=True)
+class Charge:
+    """One ledger row of usage: the span ``[from_seconds, to_seconds)`` of a session."""
+
+    period: int
+    from_seconds: int
+    to_seconds: int
+    millipoints: int
+
+
+def charges_due(
+    gpu_count: int,
+    interval: int,
+    charged_periods: int,
+    charged_seconds: int,
+    elapsed: int,
+    *,
+    final: bool,
+) -> list[Charge]:
+    """What a session owes after ``elapsed`` whole seconds, given what it was charged.
 
     Full periods are charged as they elapse; with ``final`` the last partial period too.
+    The one rule for every way a session is charged (a stop, a pass, a reconciliation).
     """
-    end = session.stopped_at or now
-    elapsed = whole_seconds((end - session.started_at).total_seconds())
-    interval = session.interval_seconds
-    charged = 0
-    while (session.charged_periods + 1) * interval <= elapsed:
-        charged += _charge(
-            db, session, session.charged_periods, (session.charged_periods + 1) * interval, now
-        )
-    if final and elapsed > session.charged_seconds:
-        charged += _charge(db, session, session.charged_periods, elapsed, now)
-    return charged
+    charges = []
+    while (charged_periods + 1) * interval <= elapsed:
+        to_seconds = (charged_periods + 1) * interval
+        amount = period_charge(gpu_count, charged_seconds, to_seconds)
+        charges.append(Charge(charged_periods, charged_seconds, to_seconds, amount))
+        charged_periods, charged_seconds = charged_periods + 1, to_seconds
+    if final and elapsed > charged_seconds:
+        amount = period_charge(gpu_count, charged_seconds, elapsed)
+        charges.append(Charge(charged_periods, charged_seconds, elapsed, amount))
+    return charges
 
 
-def _charge(db: Session, session: UsageSession, period: int, to_seconds: int, now: datetime) -> int:
-    amount = period_charge(session.gpu_count, session.charged_seconds, to_seconds)
-    db.add(
-        LedgerEntry(
-            project_id=session.project_id,
-            kind=LedgerKind.USAGE,
-            amount_millipoints=-amount,
-            session_id=session.id,
-            period_index=period,
-            covers_from_seconds=session.charged_seconds,
-            covers_to_seconds=to_seconds,
-            reason=f"{session.gpu_count}×{session.gpu_vendor} GPU",
-            actor="metering",
-            created_at=now,
-        )
+def _elapsed(started_at: datetime, end: datetime) -> int:
+    return whole_seconds((end - started_at).total_seconds())
+
+
+def _ledger_row(session, charge: Charge, now: datetime) -> dict:
+    return {
+        "project_id": session.project_id,
+        "kind": LedgerKind.USAGE,
+        "amount_millipoints": -charge.millipoints,
+        "session_id": session.id,
+        "period_index": charge.period,
+        "covers_from_seconds": charge.from_seconds,
+        "covers_to_seconds": charge.to_seconds,
+        "reason": f"{session.gpu_count}×{session.gpu_vendor} GPU",
+        "actor": "metering",
+        "created_at": now,
+    }
+
+
+def settle(db: Session, session: UsageSession, *, now: datetime, final: bool) -> int:
+    """Charge what ``session`` owes up to ``now`` (or its stop); returns millipoints charged."""
+    charges = charges_due(
+        session.gpu_count,
+        session.interval_seconds,
+        session.charged_periods,
+        session.charged_seconds,
+        _elapsed(session.started_at, session.stopped_at or now),
+        final=final,
     )
-    session.charged_seconds = to_seconds
-    session.charged_periods = period + 1
-    return amount
+    for charge in charges:
+        db.add(LedgerEntry(**_ledger_row(session, charge, now)))
+    if charges:
+        session.charged_periods = charges[-1].period + 1
+        session.charged_seconds = charges[-1].to_seconds
+    return sum(c.millipoints for c in charges)
 
 
 def close_session(
@@ -202,78 +245,240 @@ def close_session(
     return charged
 
 
+@dataclass(frozen=True)
+class RunningServer:
+    """A server as the hub lists it (GET /hub/api/users?state=active)."""
+
+    ready: bool
+    started: datetime | None = None
+    gpu_vendor: str | None = None
+    gpu_count: int | None = None
+
+
+SERVER_GONE = "server not running in the hub"
+
+
 def meter(
     db: Session,
     *,
     now: datetime,
-    running: set[tuple[str, str]] | None = None,
+    running: dict[tuple[str, str], RunningServer] | None = None,
     listed_at: datetime | None = None,
+    interval_seconds: int = 60,
 ) -> list[StopOrder]:
-    """One metering pass.
+    """One metering pass, in a constant number of database round trips whatever the
+    number of servers (benchmarks/metering_pass.py measures it).
 
-    With ``running`` (the servers the hub listed at ``listed_at``), sessions are first
-    reconciled with what really runs: a session whose server the hub no longer runs is
-    closed where it was last seen, so a stop the service missed (it was down, or the hub
-    stopped servers after it) is never charged past the server's life. Then every open
-    session is charged, and the servers that must stop are returned (project no longer
-    usable, member removed, or balance short of the next interval).
+    With ``running`` (the servers the hub listed at ``listed_at``) sessions are first
+    reconciled with what really runs, both ways: a session whose server the hub no longer
+    runs is closed where it was last seen, so a stop the service missed (it was down, or
+    the hub stopped servers after it) is never charged past the server's life; a ready
+    server without a session gets one from its start, and the anomaly is logged. Then
+    every open session is charged for its elapsed periods, and the servers that must stop
+    are returned (project no longer usable, member removed, or balance short of the next
+    interval).
     """
-    project_ids = db.scalars(
-        select(UsageSession.project_id).where(UsageSession.stopped_at.is_(None)).distinct()
+    sessions_table = UsageSession.__table__
+    # lock every project with an open session, in id order (the order every writer uses),
+    # then read the sessions: a stop recorded meanwhile is wholly before or after the pass
+    projects = {
+        p.id: p
+        for p in db.execute(
+            select(Project.__table__)
+            .where(
+                Project.id.in_(
+                    select(UsageSession.project_id).where(UsageSession.stopped_at.is_(None))
+                )
+            )
+            .order_by(Project.id)
+            .with_for_update()
+        )
+    }
+    sessions = db.execute(
+        select(sessions_table)
+        .where(sessions_table.c.stopped_at.is_(None))
+        .order_by(sessions_table.c.id)
     ).all()
-    orders: list[StopOrder] = []
-    for project_id in sorted(project_ids):
-        # lock first, then read: a stop being recorded at the same moment is either
-        # fully before this pass or fully after it
-        project = ledger.lock_project(db, project_id)
-        sessions = open_sessions(db, project_id)
+    balances = ledger.balances(db, list(projects))
+    members: dict[int, set[str]] = defaultdict(set)
+    for project_id, username in db.execute(
+        select(Membership.project_id, Account.username)
+        .join(Account)
+        .where(Membership.project_id.in_(list(projects)))
+    ):
+        members[project_id].add(username)
+
+    ledger_rows: list[dict] = []
+    session_updates: list[dict] = []
+    audit_rows: list[dict] = []
+    still_open: dict[int, list] = defaultdict(list)
+    for session in sessions:
+        key = (session.username, session.server_name)
+        changes = {"id": session.id}
+        end, final = now, False
         if running is not None and listed_at is not None:
-            sessions = _reconcile(db, sessions, running, listed_at, now)
-        for session in sessions:
-            settle(db, session, now=now, final=False)
-        refusal = access.project_refusal(project, now)
-        if refusal is None and ledger.balance(db, project_id) < next_interval_need(sessions):
+            if key in running:
+                changes["last_seen_at"] = listed_at
+            elif session.started_at < listed_at:
+                end, final = (
+                    max(session.last_seen_at or session.started_at, session.started_at),
+                    True,
+                )
+                log.warning(
+                    "session %s: %s/%s is not running in the hub; closing it where last seen",
+                    session.id,
+                    *key,
+                )
+        charges = charges_due(
+            session.gpu_count,
+            session.interval_seconds,
+            session.charged_periods,
+            session.charged_seconds,
+            _elapsed(session.started_at, end),
+            final=final,
+        )
+        ledger_rows += [_ledger_row(session, c, now) for c in charges]
+        balances[session.project_id] -= sum(c.millipoints for c in charges)
+        if charges:
+            changes["charged_periods"] = charges[-1].period + 1
+            changes["charged_seconds"] = charges[-1].to_seconds
+        if final:
+            changes.update(stopped_at=end, stop_reason=session.stop_reason or SERVER_GONE)
+            audit_rows.append(
+                audit.row(
+                    actor="metering",
+                    action="session.close",
+                    subject_type="usage_session",
+                    subject_id=session.id,
+                    at=now,
+                    reason=SERVER_GONE,
+                    charged_millipoints=sum(c.millipoints for c in charges),
+                    total_seconds=changes.get("charged_seconds", session.charged_seconds),
+                )
+            )
+        else:
+            still_open[session.project_id].append(session)
+        if len(changes) > 1:
+            session_updates.append(changes)
+
+    orders: list[StopOrder] = []
+    for project_id, open_ones in still_open.items():
+        refusal = access.project_refusal(projects[project_id], now)
+        if refusal is None and balances[project_id] < next_interval_need(open_ones):
             refusal = NO_BALANCE
-        for session in sessions:
+        for session in open_ones:
             reason = refusal
-            if reason is None and not access.is_member(db, project_id, session.username):
+            if reason is None and session.username not in members[project_id]:
                 reason = access.NOT_A_MEMBER
-            if reason is not None:
-                if session.stop_reason != reason.message:
-                    session.stop_reason = reason.message
-                    log.info(
-                        "stopping %s/%s: %s", session.username, session.server_name, reason.code
-                    )
-                orders.append(StopOrder(session.id, session.username, session.server_name, reason))
+            if reason is None:
+                continue
+            if session.stop_reason != reason.message:
+                log.info("stopping %s/%s: %s", session.username, session.server_name, reason.code)
+                _merge(session_updates, session.id, stop_reason=reason.message)
+            orders.append(StopOrder(session.id, session.username, session.server_name, reason))
+
+    if ledger_rows:
+        db.execute(insert(LedgerEntry), ledger_rows)
+    if session_updates:
+        for batch in _by_keys(session_updates):
+            db.execute(update(UsageSession), batch)
+    if audit_rows:
+        db.execute(insert(AuditEvent), audit_rows)
+    if running is not None and listed_at is not None:
+        open_keys = {(s.username, s.server_name) for s in sessions}
+        orders += _adopt(db, running, open_keys, listed_at, now, interval_seconds)
     return orders
 
 
-def _reconcile(
+def _merge(updates: list[dict], session_id: int, **fields) -> None:
+    for changes in updates:
+        if changes["id"] == session_id:
+            changes.update(fields)
+            return
+    updates.append({"id": session_id, **fields})
+
+
+def _by_keys(rows: list[dict]) -> list[list[dict]]:
+    """Bulk UPDATE batches, one per set of columns."""
+    batches: dict[tuple, list[dict]] = defaultdict(list)
+    for row in rows:
+        batches[tuple(sorted(row))].append(row)
+    return list(batches.values())
+
+
+def _adopt(
     db: Session,
-    sessions: list[UsageSession],
-    running: set[tuple[str, str]],
+    running: dict[tuple[str, str], RunningServer],
+    open_keys: set[tuple[str, str]],
     listed_at: datetime,
     now: datetime,
-) -> list[UsageSession]:
-    still_open = []
-    for session in sessions:
-        if (session.username, session.server_name) in running:
-            session.last_seen_at = listed_at
-            still_open.append(session)
-        elif session.started_at >= listed_at:
-            still_open.append(session)  # opened after the hub's list was taken
-        else:
-            log.warning(
-                "session %s: %s/%s is not running in the hub; closing it where last seen",
-                session.id,
-                session.username,
-                session.server_name,
+    interval_seconds: int,
+) -> list[StopOrder]:
+    """Give a session to a ready server that has none (rare: an anomaly, logged).
+
+    A server is covered when any session of it (open or closed) began at or after the
+    hub's start of it; only uncovered ones are adopted, charged from the hub's start."""
+    candidates = {
+        key: server
+        for key, server in running.items()
+        if key not in open_keys and server.ready and server.started and server.started < listed_at
+    }
+    if not candidates:
+        return []
+    covered = {
+        (s.username, s.server_name, s.started_at)
+        for s in db.execute(
+            select(UsageSession.username, UsageSession.server_name, UsageSession.started_at).where(
+                UsageSession.username.in_({user for user, _ in candidates}),
+                UsageSession.started_at >= min(s.started for s in candidates.values()),
             )
-            close_session(
-                db,
-                session,
-                now=now,
-                stopped_at=session.last_seen_at or session.started_at,
-                reason="server not running in the hub",
-            )
-    return still_open
+        )
+    }
+    orders = []
+    for (username, server_name), server in sorted(candidates.items()):
+        if any(u == username and n == server_name and at >= server.started for u, n, at in covered):
+            continue
+        decision = access.decide(db, username, now)
+        log.warning(
+            "server %s/%s runs without a session (anomaly): %s",
+            username,
+            server_name,
+            "adopting it" if decision.may_spawn else "stopping it",
+        )
+        if (
+            not decision.may_spawn
+            or server.gpu_vendor not in ("nvidia", "amd")
+            or not server.gpu_count
+        ):
+            refusal = decision.refusal or BAD_REQUEST
+            orders.append(StopOrder(0, username, server_name, refusal))
+            continue
+        ledger.lock_project(db, decision.project.id)
+        account = db.scalar(select(Account).where(Account.username == username))
+        adopted = UsageSession(
+            project_id=decision.project.id,
+            account_id=account.id,
+            username=username,
+            server_name=server_name,
+            gpu_vendor=server.gpu_vendor,
+            gpu_count=server.gpu_count,
+            devices="",
+            simulated=False,
+            interval_seconds=interval_seconds,
+            started_at=server.started,
+            last_seen_at=listed_at,
+        )
+        db.add(adopted)
+        db.flush()
+        audit.record(
+            db,
+            actor="metering",
+            action="session.adopt",
+            subject_type="usage_session",
+            subject_id=adopted.id,
+            at=now,
+            gpu_vendor=server.gpu_vendor,
+            gpu_count=server.gpu_count,
+            hub_started=server.started,
+        )
+    return orders

@@ -16,7 +16,7 @@ from sqlalchemy.exc import IntegrityError
 
 from quota_service import access, ledger, metering
 from quota_service import db as database
-from quota_service.metering import ServerRequest, SessionRefused
+from quota_service.metering import RunningServer, ServerRequest, SessionRefused
 from quota_service.models import (
     Account,
     AuditEvent,
@@ -518,8 +518,14 @@ def test_grants_without_a_session_are_not_caught_by_the_period_constraint(sessio
 
 
 def reconcile(session_factory, now, running, listed_at=None) -> list[metering.StopOrder]:
+    """A pass with the hub's list: ``running`` is a set of (user, server) seen ready, or a
+    dict of RunningServer as the hub describes them."""
+    if isinstance(running, set):
+        running = {key: RunningServer(ready=True) for key in running}
     with database.transaction(session_factory) as db:
-        return metering.meter(db, now=now, running=running, listed_at=listed_at or now)
+        return metering.meter(
+            db, now=now, running=running, listed_at=listed_at or now, interval_seconds=60
+        )
 
 
 def test_a_server_the_hub_no_longer_runs_is_closed_where_it_was_last_seen(session_factory):
@@ -562,3 +568,43 @@ def test_without_the_hub_list_sessions_are_charged_and_not_closed(session_factor
     meter(session_factory, t(120))
     session = get_session(session_factory, session_id)
     assert session.stopped_at is None and session.charged_seconds == 120
+
+
+def test_a_ready_server_without_a_session_is_adopted_and_charged_from_its_start(session_factory):
+    project = make_project(session_factory)
+    hub_view = {("alice", ""): RunningServer(True, T0, "nvidia", 2)}
+    assert reconcile(session_factory, t(30), hub_view) == []
+    [adopted] = sessions_of(session_factory, "alice")
+    assert (adopted.started_at, adopted.gpu_count, adopted.gpu_vendor) == (T0, 2, "nvidia")
+    with database.transaction(session_factory) as db:
+        actions = db.scalars(select(AuditEvent.action)).all()
+    assert "session.adopt" in actions
+    reconcile(session_factory, t(130), hub_view)
+    # charged from the hub's start, like any session: two full 60 s periods of 2 GPUs
+    assert balance(session_factory, project) == 1_000_000 - cumulative_millipoints(2, 120)
+    reconcile(session_factory, t(131), hub_view)  # seen again: not adopted twice
+    assert len(sessions_of(session_factory, "alice")) == 1
+
+
+def test_a_server_whose_stop_was_just_recorded_is_not_adopted_again(session_factory):
+    make_project(session_factory)
+    # the hub listed the server just before its stop was recorded
+    session_id = open_(session_factory, request(gpus=1), t(1))
+    close(session_factory, session_id, t(50))
+    assert (
+        reconcile(session_factory, t(60), {("alice", ""): RunningServer(True, T0, "nvidia", 1)})
+        == []
+    )
+    assert len(sessions_of(session_factory, "alice")) == 1
+
+
+def test_a_server_of_someone_without_a_usable_project_is_stopped_not_adopted(session_factory):
+    make_project(session_factory, members=("alice",))
+    orders = reconcile(session_factory, t(60), {("mallory", ""): RunningServer(True, T0, "amd", 1)})
+    assert [(o.username, o.reason.code) for o in orders] == [("mallory", "not-a-member")]
+    assert sessions_of(session_factory, "mallory") == []
+
+
+def sessions_of(session_factory, username: str) -> list[UsageSession]:
+    with database.transaction(session_factory) as db:
+        return list(db.scalars(select(UsageSession).where(UsageSession.username == username)))
