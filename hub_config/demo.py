@@ -52,7 +52,9 @@ def parse_args(argv=None):
     parser.add_argument("--proxy-api-port", type=int, default=8001)
     parser.add_argument("--quota-port", type=int, default=10101)
     parser.add_argument("--oidc-port", type=int, default=9400)
+    parser.add_argument("--smtp-port", type=int, default=8025, help="local mail catcher")
     parser.add_argument("--metering-interval", type=int, default=60)
+    parser.add_argument("--notice-interval", type=int, default=300)
     parser.add_argument("--quota-db-url", default=os.environ.get("AIPOWER_QUOTA_DB_URL", ""))
     parser.add_argument("--hub-db-url", default=os.environ.get("AIPOWER_HUB_DB_URL", ""))
     return parser.parse_args(argv)
@@ -79,6 +81,9 @@ def prepare(args) -> dict[str, str]:
             "AIPOWER_QUOTA_PORT": str(args.quota_port),
             "AIPOWER_QUOTA_DB_URL": quota_db_url,
             "AIPOWER_METERING_INTERVAL": str(args.metering_interval),
+            "AIPOWER_NOTICE_INTERVAL": str(args.notice_interval),
+            "AIPOWER_SMTP_HOST": "127.0.0.1",
+            "AIPOWER_SMTP_PORT": str(args.smtp_port),
             "AIPOWER_OIDC_AUTHORIZE_URL": f"{oidc}/oauth2/authorize",
             "AIPOWER_OIDC_TOKEN_URL": f"{oidc}/oauth2/token",
             "AIPOWER_OIDC_USERINFO_URL": f"{oidc}/userinfo",
@@ -118,18 +123,31 @@ BANNER = """
    trainee    受訓學員: 示範智能股份有限公司, approved L1 (1000 points), may start GPU servers
    applicant  申請人: 新創應用有限公司, application pending: cannot start servers
  GPUs: real ones if nvidia-smi / amd-smi / rocm-smi find any, else SIMULATED (4 NVIDIA, 4 AMD)
- State: {state}
+ State: {state} (e-mail notices land in its mail/ folder, a Maildir)
 ================================================================================
 """
+
+
+def mail_catcher_command(port: int, maildir: Path) -> list[str]:
+    """A real SMTP server that files every notice in a Maildir instead of sending it on."""
+    return [
+        sys.executable, "-m", "aiosmtpd", "-n", "-l", f"127.0.0.1:{port}",
+        "-c", "aiosmtpd.handlers.Mailbox", str(maildir),
+    ]  # fmt: skip
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     env = prepare(args)
-    oidc = subprocess.Popen(oidc_command(args.oidc_port), env=env)
+    maildir = Path(env["AIPOWER_STATE_DIR"]) / "mail"
+    helpers = [
+        subprocess.Popen(oidc_command(args.oidc_port), env=env),
+        subprocess.Popen(mail_catcher_command(args.smtp_port, maildir), env=env),
+    ]
     hub = None
     try:
         wait_for_port(args.oidc_port)
+        wait_for_port(args.smtp_port)
         print(BANNER.format(port=args.port, state=env["AIPOWER_STATE_DIR"]), flush=True)
         hub = subprocess.Popen(
             [sys.executable, "-m", "jupyterhub", "-f", str(HERE / "jupyterhub_config.py")],
@@ -147,8 +165,9 @@ def main(argv=None) -> int:
         if hub is not None and hub.poll() is None:
             hub.terminate()
             hub.wait(30)
-        oidc.terminate()
-        oidc.wait(10)
+        for helper in helpers:
+            helper.terminate()
+            helper.wait(10)
 
 
 if __name__ == "__main__":

@@ -63,6 +63,13 @@ service_env = {
     "AIPOWER_METERING_INTERVAL": env("AIPOWER_METERING_INTERVAL", "60"),
     "PYTHONPATH": str(ROOT),
 }
+# the service sees only what it is given: pass its own settings through
+service_env.update(
+    {name: value for name, value in os.environ.items() if name.startswith("AIPOWER_SMTP_")}
+)
+for name in ("AIPOWER_NOTICE_INTERVAL", "AIPOWER_MAIL_FROM"):
+    if env(name):
+        service_env[name] = env(name)
 c.JupyterHub.services = [
     {
         "name": "quota",

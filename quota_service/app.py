@@ -19,11 +19,11 @@ from jupyterhub.services.auth import HubOAuth, HubOAuthCallbackHandler
 from tornado.httpserver import HTTPServer
 from tornado.ioloop import PeriodicCallback
 from tornado.web import Application as WebApplication
-from traitlets import Integer, Unicode, default, validate
+from traitlets import Bool, Integer, List, Unicode, default, validate
 from traitlets.config import Application
 
 from . import db as database
-from . import handlers, metering
+from . import handlers, metering, notifications
 from .hub_api import HubAPI
 from .timewindow import utcnow
 
@@ -87,6 +87,76 @@ class QuotaService(Application):
     def _default_service_url(self):
         return os.environ.get("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:10101")
 
+    notice_interval = Integer(
+        help="""Seconds between runs of the notice job (low-balance warnings, window
+        reminders), e.g. 300. Env: AIPOWER_NOTICE_INTERVAL.""",
+    ).tag(config=True)
+
+    @default("notice_interval")
+    def _default_notice_interval(self):
+        return int(os.environ.get("AIPOWER_NOTICE_INTERVAL", "300"))
+
+    low_balance_percents = List(
+        Integer(),
+        [20, 5],
+        help="Warn when the balance falls to these percentages of the points awarded, e.g. [20, 5].",
+    ).tag(config=True)
+
+    window_reminder_days = List(
+        Integer(),
+        [14, 7, 1],
+        help="Remind this many days before the window ends, e.g. [14, 7, 1].",
+    ).tag(config=True)
+
+    smtp_host = Unicode(
+        help="""SMTP server for notices, e.g. smtp.example.gov.tw; empty: notices wait in
+        the outbox. Env: AIPOWER_SMTP_HOST.""",
+    ).tag(config=True)
+
+    @default("smtp_host")
+    def _default_smtp_host(self):
+        return os.environ.get("AIPOWER_SMTP_HOST", "")
+
+    smtp_port = Integer(
+        help="SMTP port, e.g. 587. Env: AIPOWER_SMTP_PORT.",
+    ).tag(config=True)
+
+    @default("smtp_port")
+    def _default_smtp_port(self):
+        return int(os.environ.get("AIPOWER_SMTP_PORT", "25"))
+
+    smtp_starttls = Bool(
+        help="Use STARTTLS, e.g. True in production. Env: AIPOWER_SMTP_STARTTLS=1.",
+    ).tag(config=True)
+
+    @default("smtp_starttls")
+    def _default_smtp_starttls(self):
+        return os.environ.get("AIPOWER_SMTP_STARTTLS", "0") == "1"
+
+    smtp_username = Unicode(
+        help="SMTP user, e.g. aipower-notices. Env: AIPOWER_SMTP_USERNAME.",
+    ).tag(config=True)
+
+    @default("smtp_username")
+    def _default_smtp_username(self):
+        return os.environ.get("AIPOWER_SMTP_USERNAME", "")
+
+    smtp_password = Unicode(
+        help="SMTP password. Env: AIPOWER_SMTP_PASSWORD. Never logged.",
+    ).tag(config=True)
+
+    @default("smtp_password")
+    def _default_smtp_password(self):
+        return os.environ.get("AIPOWER_SMTP_PASSWORD", "")
+
+    mail_from = Unicode(
+        help="Sender of notices, e.g. 'AI 算力平台 <noreply@aipower.example.tw>'. Env: AIPOWER_MAIL_FROM.",
+    ).tag(config=True)
+
+    @default("mail_from")
+    def _default_mail_from(self):
+        return os.environ.get("AIPOWER_MAIL_FROM", "AI 算力平台 <noreply@aipower.example.tw>")
+
     admin_scope = Unicode(
         "custom:aipower:admin",
         help="JupyterHub scope that opens the service's admin pages (operators' role).",
@@ -112,6 +182,14 @@ class QuotaService(Application):
             autoescape=select_autoescape(default=True),
         )
         self.templates.filters["when"] = _when
+        self.mailer = notifications.Mailer(
+            self.smtp_host,
+            self.smtp_port,
+            self.mail_from,
+            starttls=self.smtp_starttls,
+            username=self.smtp_username,
+            password=self.smtp_password,
+        )
 
     def make_web_app(self) -> WebApplication:
         prefix = self.service_prefix
@@ -155,6 +233,26 @@ class QuotaService(Application):
         except Exception:
             self.log.exception("metering pass failed; the next pass catches up")
 
+    async def notify_once(self) -> int:
+        """Decide due notices, then deliver pending ones (SMTP runs in a worker thread)."""
+        now = utcnow()
+        with database.transaction(self.session_factory) as db:
+            notifications.plan(
+                db,
+                now=now,
+                low_balance_percents=self.low_balance_percents,
+                reminder_days=self.window_reminder_days,
+            )
+        return await asyncio.to_thread(
+            notifications.deliver, self.session_factory, self.mailer, now=now
+        )
+
+    async def _notify_safely(self):
+        try:
+            await self.notify_once()
+        except Exception:
+            self.log.exception("notice job failed; the next run catches up")
+
     async def serve(self):
         web_app = self.make_web_app()
         url = urlparse(self.service_url)
@@ -168,12 +266,15 @@ class QuotaService(Application):
         )
         metering_callback = PeriodicCallback(self._meter_safely, self.metering_interval * 1000)
         metering_callback.start()
+        notice_callback = PeriodicCallback(self._notify_safely, self.notice_interval * 1000)
+        notice_callback.start()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
         metering_callback.stop()
+        notice_callback.stop()
         server.stop()
         self.engine.dispose()
 

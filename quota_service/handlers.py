@@ -12,7 +12,7 @@ from tornado import web
 
 from spawner.points import points_to_millipoints
 
-from . import access, ledger, metering, projects, reports
+from . import access, ledger, metering, notifications, projects, reports
 from . import db as database
 from .metering import ServerRequest, SessionRefused
 from .models import Project, ProjectStatus, UsageSession
@@ -265,6 +265,11 @@ class AccessAPI(InternalAPIHandler):
                         "en": decision.refusal.en,
                     },
                     "project": None if project is None else reports.project_summary(db, project),
+                    "warnings": []
+                    if project is None
+                    else notifications.current_warnings(
+                        db, project, self.service.low_balance_percents
+                    ),
                     "notice": reports.last_stop_notice(db, username),
                 }
             )

@@ -163,3 +163,29 @@ class AuditEvent(Base):
     subject_type: Mapped[str] = mapped_column(String(50))
     subject_id: Mapped[str] = mapped_column(String(100))
     detail: Mapped[str] = mapped_column(Text, default="{}")
+
+
+class NoticeStatus(enum.StrEnum):
+    PENDING = "pending"  # decided, not yet delivered
+    SENT = "sent"
+    SUPERSEDED = "superseded"  # a more urgent notice of the same kind went instead
+
+
+class Notice(Base):
+    """A notice decided once per (project, kind, key) and delivered from this outbox:
+    the unique key is what makes a re-run, or a run after a missed one, send nothing twice."""
+
+    __tablename__ = "notices"
+    __table_args__ = (UniqueConstraint("project_id", "kind", "key", name="uq_notice_once"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(40))
+    key: Mapped[str] = mapped_column(String(40))
+    status: Mapped[str] = mapped_column(String(20), default=NoticeStatus.PENDING, index=True)
+    recipients: Mapped[str] = mapped_column(Text, default="")
+    subject: Mapped[str] = mapped_column(Text)
+    body: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str] = mapped_column(Text, default="")

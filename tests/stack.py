@@ -30,12 +30,13 @@ class Stack:
     state: Path
     quota_db_url: str = ""
     metering_interval: int = 2
+    notice_interval: int = 2
     extra_env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen | None = None
 
     def __post_init__(self):
         self.port, self.hub_port, self.proxy_api_port = free_port(), free_port(), free_port()
-        self.quota_port, self.oidc_port = free_port(), free_port()
+        self.quota_port, self.oidc_port, self.smtp_port = free_port(), free_port(), free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.log_path = self.state / "stack.log"
 
@@ -46,6 +47,7 @@ class Stack:
             "--port", str(self.port), "--hub-port", str(self.hub_port),
             "--proxy-api-port", str(self.proxy_api_port), "--quota-port", str(self.quota_port),
             "--oidc-port", str(self.oidc_port), "--metering-interval", str(self.metering_interval),
+            "--smtp-port", str(self.smtp_port), "--notice-interval", str(self.notice_interval),
         ]  # fmt: skip
         if self.quota_db_url:
             argv += ["--quota-db-url", self.quota_db_url]
@@ -131,6 +133,12 @@ class Stack:
         client = self.client()
         client.headers["Authorization"] = f"token {token}"
         return client
+
+    def mails(self) -> list:
+        """The notices the stack's mail catcher received (a Maildir in the state folder)."""
+        import mailbox
+
+        return list(mailbox.Maildir(self.state / "mail", create=False))
 
     def url(self, path: str) -> str:
         return urljoin(self.base + "/", path.lstrip("/"))

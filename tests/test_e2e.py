@@ -235,9 +235,17 @@ def test_a_project_run_down_to_zero_has_its_server_stopped(stack, quota_db):
     assert "points cannot pay" in session.stop_reason
     balance = quota_db.balance(project_id)
     assert -per_interval <= balance < per_interval
-    # the person is told why, on the hub's home page
+    # the person is told why, on the hub's home page, with the low-balance warning
     time.sleep(2.5)  # auth_refresh_age in this stack
-    assert "點數不足" in browser.get(stack.url("/hub/home"), timeout=30).text
+    home = browser.get(stack.url("/hub/home"), timeout=30).text
+    assert "點數不足" in home and 'id="aipower-warnings"' in home
+    # and by e-mail (the stack's real SMTP server files it in a Maildir): the 5 % warning
+    mail = wait_for(
+        lambda: [m for m in stack.mails() if m["To"] == "spender@example.tw"],
+        3 * INTERVAL + 10,
+        "the low-balance e-mail",
+    )
+    assert any("5%" in m["Subject"] for m in mail)
     # and a new start is refused: the balance cannot pay the first interval
     response = start(api, stack, "spender", {"gpu_vendor": "nvidia", "gpu_count": 2})
     assert response.status_code == 403 and "next metering interval" in response.json()["message"]

@@ -20,6 +20,7 @@ TABLES = {
     "ledger_entries",
     "memberships",
     "projects",
+    "notices",
     "usage_sessions",
 }
 
@@ -55,7 +56,7 @@ def schema(engine) -> dict:
 
 
 def test_upgrade_reaches_head_with_every_table(engine):
-    assert head() == "0002"
+    assert head() == "0003"
     assert current_revision(engine) == head()
     assert set(inspect(engine).get_table_names()) == TABLES | {"alembic_version"}
 
