@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import email
+import email.policy
+import mailbox
 import os
 import signal
 import socket
@@ -135,10 +138,16 @@ class Stack:
         return client
 
     def mails(self) -> list:
-        """The notices the stack's mail catcher received (a Maildir in the state folder)."""
-        import mailbox
+        """The notices the stack's mail catcher received (a Maildir in the state folder),
+        parsed with headers decoded."""
+        folder = self.state / "mail"
+        if not folder.exists():
+            return []
 
-        return list(mailbox.Maildir(self.state / "mail", create=False))
+        def parse(file):
+            return email.message_from_binary_file(file, policy=email.policy.default)
+
+        return list(mailbox.Maildir(folder, factory=parse, create=False))
 
     def url(self, path: str) -> str:
         return urljoin(self.base + "/", path.lstrip("/"))

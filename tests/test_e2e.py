@@ -240,12 +240,14 @@ def test_a_project_run_down_to_zero_has_its_server_stopped(stack, quota_db):
     home = browser.get(stack.url("/hub/home"), timeout=30).text
     assert "點數不足" in home and 'id="aipower-warnings"' in home
     # and by e-mail (the stack's real SMTP server files it in a Maildir): the 5 % warning
-    mail = wait_for(
-        lambda: [m for m in stack.mails() if m["To"] == "spender@example.tw"],
+    [warning] = wait_for(
+        lambda: [
+            m for m in stack.mails() if m["To"] == "spender@example.tw" and "5%" in m["Subject"]
+        ],
         3 * INTERVAL + 10,
-        "the low-balance e-mail",
+        "the 5 % low-balance e-mail",
     )
-    assert any("5%" in m["Subject"] for m in mail)
+    assert "點數不足 5%" in warning["Subject"] and "計畫 spender" in warning.get_content()
     # and a new start is refused: the balance cannot pay the first interval
     response = start(api, stack, "spender", {"gpu_vendor": "nvidia", "gpu_count": 2})
     assert response.status_code == 403 and "next metering interval" in response.json()["message"]
