@@ -189,3 +189,31 @@ class Notice(Base):
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str] = mapped_column(Text, default="")
+
+
+class ClosingReport(Base):
+    """What a project owes after its window: final report, slides, demo video (a link),
+    due 30 calendar days after the window ends. Files live outside the database."""
+
+    __tablename__ = "closing_reports"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"), unique=True)
+    final_report_path: Mapped[str] = mapped_column(Text, default="")
+    slides_path: Mapped[str] = mapped_column(Text, default="")
+    video_url: Mapped[str] = mapped_column(Text, default="")
+    submitted_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    submitted_by: Mapped[str] = mapped_column(String(255), default="")
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class Purge(Base):
+    """A record of what the end-of-window purge deleted (kept with the audit trail)."""
+
+    __tablename__ = "purges"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"), index=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime())
+    actor: Mapped[str] = mapped_column(String(255))
+    # JSON list of {"path", "files", "bytes"} for what was deleted
+    deleted: Mapped[str] = mapped_column(Text, default="[]")
+    bytes_deleted: Mapped[int] = mapped_column(BigInteger, default=0)
