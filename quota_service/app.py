@@ -25,6 +25,7 @@ from traitlets.config import Application
 from . import db as database
 from . import handlers, metering, notifications
 from .hub_api import HubAPI
+from .metrics import ServiceMetrics
 from .timewindow import utcnow
 
 
@@ -174,6 +175,7 @@ class QuotaService(Application):
         self.engine = database.make_engine(self.db_url)
         database.upgrade(self.engine)
         self.session_factory = database.make_session_factory(self.engine)
+        self.metrics = ServiceMetrics(self.session_factory)
         self.hub_api = HubAPI(
             os.environ.get("JUPYTERHUB_API_URL", ""), os.environ.get("JUPYTERHUB_API_TOKEN", "")
         )

@@ -66,6 +66,13 @@ class QuotaClient:
     async def open_session(self, **request: object) -> dict:
         return await self._request("POST", "/api/v1/internal/sessions", request)
 
+    async def report_refusal(self, *, username: str, server_name: str, reason: str) -> None:
+        await self._request(
+            "POST",
+            "/api/v1/internal/refusals",
+            {"username": username, "server_name": server_name, "reason": reason},
+        )
+
     async def close_session(self, session_id: int, *, reason: str = "", void: bool = False) -> dict:
         """Stop metering a session; ``void`` for a server that never came up (no charge)."""
         return await self._request(

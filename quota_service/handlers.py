@@ -12,7 +12,7 @@ from tornado import web
 
 from spawner.points import points_to_millipoints
 
-from . import access, ledger, metering, notifications, projects, reports
+from . import access, audit, ledger, metering, notifications, projects, reports
 from . import db as database
 from .metering import ServerRequest, SessionRefused
 from .models import Project, ProjectStatus, UsageSession
@@ -299,10 +299,60 @@ class SessionsAPI(InternalAPIHandler):
             # a refusal is an answer, not an error: no traceback in the log
             log.info("Refused %s's server %r: %s", request.username, request.server_name, e)
             refusal = e.refusal
+            self.service.metrics.spawns_refused.labels(refusal.code).inc()
+            with self.db() as db:
+                audit.record(
+                    db,
+                    actor=request.username,
+                    action="spawn.refused",
+                    subject_type="user",
+                    subject_id=request.username,
+                    at=utcnow(),
+                    reason=refusal.code,
+                    server_name=request.server_name,
+                )
             return self.write_json(
                 {"status": 403, "reason": refusal.code, "message": refusal.message}, 403
             )
         self.write_json(opened, 201)
+
+
+class RefusalsAPI(InternalAPIHandler):
+    """The hub reports the spawns its spawners refused before asking for a session
+    (bad options, no free device): counted for the metrics, recorded in the audit trail."""
+
+    def post(self):
+        body = self.read_json()
+        reason = str(body.get("reason", ""))[:60]
+        username = str(body.get("username", ""))[:255]
+        if not reason or not username:
+            raise web.HTTPError(400, "需要 username 與 reason / username and reason are required")
+        self.service.metrics.spawns_refused.labels(reason).inc()
+        with self.db() as db:
+            audit.record(
+                db,
+                actor=username,
+                action="spawn.refused",
+                subject_type="user",
+                subject_id=username,
+                at=utcnow(),
+                reason=reason,
+                server_name=str(body.get("server_name", ""))[:255],
+            )
+        self.set_status(204)
+        self.finish()
+
+
+class MetricsHandler(APIHandler):
+    """Prometheus exposition; needs a token with JupyterHub's own ``read:metrics`` scope."""
+
+    @property
+    def hub_scopes(self):
+        return {"read:metrics"}
+
+    def get(self):
+        self.set_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+        self.finish(self.service.metrics.exposition())
 
 
 class SessionCloseAPI(InternalAPIHandler):
@@ -343,4 +393,6 @@ def routes() -> list[tuple[str, type]]:
         (r"api/v1/internal/access/([^/]+)", AccessAPI),
         (r"api/v1/internal/sessions", SessionsAPI),
         (r"api/v1/internal/sessions/(\d+)/close", SessionCloseAPI),
+        (r"api/v1/internal/refusals", RefusalsAPI),
+        (r"metrics", MetricsHandler),
     ]

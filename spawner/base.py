@@ -35,6 +35,10 @@ UNAVAILABLE = (
 )
 
 
+# refusal reports in flight: a reference keeps each task alive until it is done
+_REPORTS: set[asyncio.Future] = set()
+
+
 class GPUSpawnerMixin(LoggingConfigurable):
     """GPU vendor and count, device claims and points metering for a JupyterHub spawner."""
 
@@ -114,13 +118,29 @@ class GPUSpawnerMixin(LoggingConfigurable):
 
     # ---- refusals ------------------------------------------------------------------
 
-    def refuse(self, message: str, *, reason: str, status_code: int = 403) -> NoReturn:
-        """Refuse a spawn without counting it as a hub failure."""
+    def refuse(
+        self, message: str, *, reason: str, status_code: int = 403, report: bool = True
+    ) -> NoReturn:
+        """Refuse a spawn without counting it as a hub failure. ``report``: tell the quota
+        service (metrics, audit trail) — not for refusals that came from it, or when it is
+        unreachable."""
         self.log.info("Refusing %s's server (%s): %s", self.user.name, reason, message)
+        if report:
+            task = asyncio.ensure_future(self._report_refusal(reason))
+            _REPORTS.add(task)
+            task.add_done_callback(_REPORTS.discard)
         if SpawnException is not None:
             raise SpawnException(message, reason=reason, status_code=status_code)
         self._forgive_refusal_on_jupyterhub5()
         raise web.HTTPError(status_code, message)
+
+    async def _report_refusal(self, reason: str) -> None:
+        try:
+            await self.quota.report_refusal(
+                username=self.user.name, server_name=self.name, reason=reason
+            )
+        except (QuotaServiceUnavailable, QuotaRefusal) as e:
+            self.log.warning("Refusal of %s's server not reported: %s", self.user.name, e)
 
     def _forgive_refusal_on_jupyterhub5(self):
         # JupyterHub 5 counts every failed spawn toward consecutive_failure_limit and exits
@@ -154,7 +174,7 @@ class GPUSpawnerMixin(LoggingConfigurable):
             access = await self.quota.access(self.user.name)
         except (QuotaServiceUnavailable, QuotaRefusal) as e:
             self.log.warning("Quota service unavailable for %s's spawn: %s", self.user.name, e)
-            self.refuse(UNAVAILABLE, reason="quota-unavailable", status_code=503)
+            self.refuse(UNAVAILABLE, reason="quota-unavailable", status_code=503, report=False)
         if not access.get("may_spawn"):
             refusal = access.get("refusal") or {}
             self.refuse(
@@ -186,10 +206,10 @@ class GPUSpawnerMixin(LoggingConfigurable):
             )
         except QuotaRefusal as e:
             self.release_devices()
-            self.refuse(e.message, reason=e.code, status_code=403)
+            self.refuse(e.message, reason=e.code, status_code=403, report=False)
         except QuotaServiceUnavailable:
             self.release_devices()
-            self.refuse(UNAVAILABLE, reason="quota-unavailable", status_code=503)
+            self.refuse(UNAVAILABLE, reason="quota-unavailable", status_code=503, report=False)
         self.session_id = session["session_id"]
         self.gpu_request = request
         self.devices = devices

@@ -12,6 +12,7 @@ from datetime import timedelta
 
 import pytest
 import requests
+from prometheus_client.parser import text_string_to_metric_families
 
 from quota_service.models import UsageSession
 from quota_service.timewindow import utcnow
@@ -192,6 +193,29 @@ def test_refusals_do_not_count_toward_the_consecutive_failure_limit(stack, train
     time.sleep(3)  # the hub would exit 2 s after reaching the limit
     assert stack.process.poll() is None
     assert stack.client().get(stack.url("/hub/health"), timeout=5).status_code == 200
+
+
+def refused_count(api, stack, reason: str) -> float:
+    text = api.get(stack.url("/services/quota/metrics"), timeout=10).text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "aipower_spawns_refused_total" and sample.labels["reason"] == reason:
+                return sample.value
+    return 0.0
+
+
+def test_metrics_show_balances_and_count_refusals_by_reason(stack, trainee):
+    _, api = trainee
+    assert api.get(stack.url("/services/quota/metrics"), timeout=10).status_code == 403
+    operator = stack.sign_in("operator")
+    metrics = stack.api(stack.token_for(operator, "operator"))  # admins hold read:metrics
+    text = metrics.get(stack.url("/services/quota/metrics"), timeout=10).text
+    assert 'aipower_project_balance_points{project_id="1",status="approved"}' in text
+    before = refused_count(metrics, stack, "gpu_count")
+    assert start(api, stack, "trainee", {"gpu_vendor": "nvidia", "gpu_count": 9}).status_code == 400
+    wait_for(
+        lambda: refused_count(metrics, stack, "gpu_count") == before + 1, 10, "the refusal counted"
+    )
 
 
 def test_more_gpus_than_are_free_is_refused(stack, quota_db):
