@@ -61,6 +61,7 @@ quota_port = env("AIPOWER_QUOTA_PORT", "10101")
 service_env = {
     "AIPOWER_QUOTA_DB_URL": env("AIPOWER_QUOTA_DB_URL", f"sqlite:///{state / 'quota.sqlite'}"),
     "AIPOWER_METERING_INTERVAL": env("AIPOWER_METERING_INTERVAL", "60"),
+    "AIPOWER_HOMES_DIR": str(state / "homes"),
     "PYTHONPATH": str(ROOT),
 }
 # the service sees only what it is given: pass its own settings through

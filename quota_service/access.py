@@ -85,11 +85,17 @@ class AccessDecision:
 def project_refusal(project: Project, now: datetime) -> Refusal | None:
     """Why members of ``project`` may not run servers now, or None when they may."""
     status = ProjectStatus(project.status)
+    if status in (ProjectStatus.PENDING, ProjectStatus.REJECTED):
+        return _STATUS_REFUSALS[status]
+    # an ended window says so, whether the project is still approved, suspended, or
+    # already closed by the end-of-window job
+    if project.window_end is not None and now >= project.window_end:
+        return WINDOW_ENDED
     if status is not ProjectStatus.APPROVED:
         return _STATUS_REFUSALS[status]
     if project.window_start is None or now < project.window_start:
         return WINDOW_NOT_OPEN
-    if project.window_end is None or now >= project.window_end:
+    if project.window_end is None:
         return WINDOW_ENDED
     return None
 

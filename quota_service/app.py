@@ -12,6 +12,8 @@ import asyncio
 import logging
 import os
 import signal
+from datetime import timedelta
+from pathlib import Path
 from urllib.parse import urlparse
 
 from jinja2 import Environment, PackageLoader, select_autoescape
@@ -23,7 +25,7 @@ from traitlets import Bool, Integer, List, Unicode, default, validate
 from traitlets.config import Application
 
 from . import db as database
-from . import handlers, metering, notifications
+from . import handlers, lifecycle, metering, notifications
 from .hub_api import HubAPI
 from .metrics import ServiceMetrics
 from .timewindow import utcnow
@@ -158,6 +160,34 @@ class QuotaService(Application):
     def _default_mail_from(self):
         return os.environ.get("AIPOWER_MAIL_FROM", "AI 算力平台 <noreply@aipower.example.tw>")
 
+    homes_dir = Unicode(
+        help="""Folder of the people's home folders on this machine, which the end-of-window
+        purge clears, e.g. /srv/aipower/state/homes; empty: no local purge (on Kubernetes the
+        volumes are deleted instead). Env: AIPOWER_HOMES_DIR.""",
+    ).tag(config=True)
+
+    @default("homes_dir")
+    def _default_homes_dir(self):
+        return os.environ.get("AIPOWER_HOMES_DIR", "")
+
+    purge_grace_days = Integer(
+        0,
+        help="""Days after the window ends before storage is purged, e.g. 0 (the guideline:
+        cleared at the end of the window).""",
+    ).tag(config=True)
+
+    audit_retention_days = Integer(
+        1096,
+        help="""Days audit records are kept, e.g. 1096 (three years, the guideline's minimum;
+        smaller values are refused).""",
+    ).tag(config=True)
+
+    @validate("audit_retention_days")
+    def _check_retention(self, proposal):
+        if timedelta(days=proposal.value) < lifecycle.AUDIT_RETENTION_MINIMUM:
+            raise ValueError("audit records are kept at least three years (1096 days)")
+        return proposal.value
+
     admin_scope = Unicode(
         "custom:aipower:admin",
         help="JupyterHub scope that opens the service's admin pages (operators' role).",
@@ -249,11 +279,33 @@ class QuotaService(Application):
             notifications.deliver, self.session_factory, self.mailer, now=now
         )
 
+    def housekeep_once(self) -> None:
+        """End-of-window jobs: close ended projects, purge storage, expire old audit rows."""
+        now = utcnow()
+        with database.transaction(self.session_factory) as db:
+            lifecycle.close_ended_windows(db, now=now)
+        if self.homes_dir:
+            with database.transaction(self.session_factory) as db:
+                lifecycle.purge_closed_projects(
+                    db,
+                    lifecycle.LocalHomesPurger(Path(self.homes_dir)),
+                    now=now,
+                    grace=timedelta(days=self.purge_grace_days),
+                )
+        with database.transaction(self.session_factory) as db:
+            lifecycle.expire_audit_events(
+                db, now=now, keep=timedelta(days=self.audit_retention_days)
+            )
+
     async def _notify_safely(self):
-        try:
-            await self.notify_once()
-        except Exception:
-            self.log.exception("notice job failed; the next run catches up")
+        for job, name in ((self.notify_once, "notice"), (self._housekeep, "housekeeping")):
+            try:
+                await job()
+            except Exception:
+                self.log.exception("%s job failed; the next run catches up", name)
+
+    async def _housekeep(self) -> None:
+        await asyncio.to_thread(self.housekeep_once)
 
     async def serve(self):
         web_app = self.make_web_app()
