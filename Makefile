@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 JH5 := .venv-jh5
 CHP := .local/node/node_modules/.bin/configurable-http-proxy
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench clean labextension
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,13 @@ lint: $(VENV)/.installed
 
 bench: $(VENV)/.installed $(CHP)
 	$(BIN)/python benchmarks/spawn_latency.py
+
+# the JupyterLab status-bar item (spawner/notebook): its built output is committed, so only
+# a change to its TypeScript needs this (node and npm)
+LABEXT := spawner/notebook/labextension
+labextension: $(VENV)/.installed
+	cd $(LABEXT) && npm ci --no-audit --no-fund && npm run clean && npx tsc
+	cd $(LABEXT) && PATH="$(CURDIR)/$(BIN):$$PATH" jupyter labextension build .
 
 clean:
 	rm -rf $(VENV) $(JH5) .local state

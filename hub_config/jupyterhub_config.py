@@ -103,6 +103,14 @@ c.LocalGPUSpawner.simulated_inventory = {
     )
 }
 c.Spawner.consecutive_failure_limit = int(env("AIPOWER_CONSECUTIVE_FAILURE_LIMIT", "5"))
+# the balance in JupyterLab's status bar (spawner/notebook): the server's own token gets
+# JupyterHub's default scopes (the `server` role: users:activity!user, access:servers!server)
+# plus access:services!service=quota, to read its owner's projects, and nothing more. The
+# local spawner tells the server where the quota service is (AIPOWER_QUOTA_URL: where the hub
+# reaches it, c.QuotaServiceClient.url, unless c.Spawner.environment names another).
+from spawner.notebook import server_token_scopes  # noqa: E402
+
+c.Spawner.server_token_scopes = server_token_scopes("quota")
 
 # the home page tells people what they may do, and why not
 from authenticator import home_page_access  # noqa: E402

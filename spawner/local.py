@@ -7,6 +7,8 @@ from typing import ClassVar
 from jupyterhub.spawner import SimpleLocalProcessSpawner
 from traitlets import Bool, Dict, Integer, Unicode
 
+from quota_service.client import QuotaServiceClient
+
 from .base import GPUSpawnerMixin
 from .gpu import (
     Device,
@@ -16,6 +18,7 @@ from .gpu import (
     simulated_devices,
     visible_devices_environment,
 )
+from .notebook import QUOTA_URL_ENV, notebook_environment
 from .options import GPURequest
 
 
@@ -82,4 +85,8 @@ class LocalGPUSpawner(GPUSpawnerMixin, SimpleLocalProcessSpawner):
             env["AIPOWER_GPU_COUNT"] = str(self.gpu_request.count)
             env["AIPOWER_GPU_SIMULATED"] = "1" if any(d.simulated for d in self.devices) else "0"
             env["AIPOWER_NOTEBOOK_IMAGE"] = self.images.get(self.gpu_request.vendor.value, "")
+        # the project's balance in JupyterLab's status bar (spawner/notebook): the server
+        # reaches the quota service where the hub does, unless c.Spawner.environment says
+        quota_url = env.get(QUOTA_URL_ENV) or QuotaServiceClient.instance(parent=self).url
+        env.update(notebook_environment(quota_url, base=env))
         return env
