@@ -8,6 +8,7 @@ quota service). Production runs the same hub configuration with other URLs and s
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import secrets
@@ -149,10 +150,13 @@ def main(argv=None) -> int:
         wait_for_port(args.oidc_port)
         wait_for_port(args.smtp_port)
         print(BANNER.format(port=args.port, state=env["AIPOWER_STATE_DIR"]), flush=True)
+        # the hub leads a process group of its own: the proxy and the quota service are in
+        # it; single-user servers start sessions of their own and outlive a hub restart
         hub = subprocess.Popen(
             [sys.executable, "-m", "jupyterhub", "-f", str(HERE / "jupyterhub_config.py")],
             env=env,
             cwd=env["AIPOWER_STATE_DIR"],
+            start_new_session=True,
         )
 
         def forward(signum, _frame):
@@ -165,6 +169,11 @@ def main(argv=None) -> int:
         if hub is not None and hub.poll() is None:
             hub.terminate()
             hub.wait(30)
+        if hub is not None:
+            # a hub that died without cleaning up (kill -9) leaves its proxy and services
+            # behind: end them, so that the next start finds the ports free
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(hub.pid, signal.SIGTERM)
         for helper in helpers:
             helper.terminate()
             helper.wait(10)

@@ -326,9 +326,21 @@ class QuotaService(Application):
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        # started by the hub, the service goes when the hub goes, even by kill -9, so that
+        # a restarted hub finds the port free (the hub starts services in their own session)
+        parent = os.getppid()
+
+        def check_parent():
+            if os.getppid() != parent:
+                self.log.warning("The hub that started this service is gone; stopping")
+                stop.set()
+
+        parent_callback = PeriodicCallback(check_parent, 1000)
+        parent_callback.start()
         await stop.wait()
         metering_callback.stop()
         notice_callback.stop()
+        parent_callback.stop()
         server.stop()
         self.engine.dispose()
 

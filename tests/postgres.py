@@ -45,12 +45,19 @@ class PostgresServer:
         if self._as_postgres:
             shutil.chown(self.dir, "postgres", "postgres")
         self._run("initdb", "-D", str(data), "-A", "trust", "-U", "postgres", "--no-sync")
-        self._run(
-            "pg_ctl", "-D", str(data), "-w", "-l", str(self.dir / "log"),
-            "-o", f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200",
-            "start",
-        )  # fmt: skip
+        self._pg_ctl("start")
         return self
+
+    def _pg_ctl(self, action: str, *extra: str) -> None:
+        options = f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
+        self._run(
+            "pg_ctl", "-D", str(self.dir / "data"), "-w", "-l", str(self.dir / "log"),
+            "-o", options, *extra, action,
+        )  # fmt: skip
+
+    def restart(self) -> None:
+        """Crash-restart: every connection is cut, in-flight transactions are lost."""
+        self._pg_ctl("restart", "-m", "immediate")
 
     def create_database(self, name: str) -> str:
         with psycopg.connect(self.url("postgres"), autocommit=True) as connection:

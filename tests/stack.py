@@ -64,7 +64,11 @@ class Stack:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        self.wait_ready(timeout)
+        try:
+            self.wait_ready(timeout)
+        except BaseException:
+            self.stop()  # leave nothing running behind a stack that did not come up
+            raise
         return self
 
     def wait_ready(self, timeout: float = 60) -> None:
