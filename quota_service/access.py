@@ -140,3 +140,10 @@ def is_member(db: Session, project_id: int, username: str) -> bool:
         )
         is not None
     )
+
+
+def trusted_networks_of(project: Project | None) -> list[str]:
+    """The project's trusted fixed addresses (CIDR strings) that its training members must
+    connect from; the hub enforces them (``quota_service.network``). None are stored yet:
+    they come with the award flow."""
+    return []
