@@ -21,10 +21,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from spawner.points import to_points
 
-from . import ledger
+from . import closing, ledger
 from .db import transaction
 from .models import (
     Account,
+    ClosingReport,
     LedgerEntry,
     LedgerKind,
     Membership,
@@ -39,6 +40,7 @@ log = logging.getLogger(__name__)
 
 LOW_BALANCE = "low-balance"
 WINDOW_ENDING = "window-ending"
+REPORT_DUE = "report-due"
 SUBJECT_PREFIX = "[AI 算力平台 AI Power Platform]"
 
 
@@ -96,7 +98,9 @@ def plan(
     low_balance_percents: Iterable[int] = (20, 5),
     reminder_days: Iterable[int] = (14, 7, 1),
 ) -> list[Notice]:
-    """Decide the notices due at ``now`` for every project inside its window."""
+    """Decide the notices due at ``now``: low-balance warnings and window reminders for
+    every project inside its window, closing-report reminders for every project whose
+    window is over and whose report is not complete."""
     projects = list(
         db.scalars(
             select(Project).where(
@@ -106,9 +110,10 @@ def plan(
             )
         )
     )
-    if not projects:
+    ended = _report_owed(db, now)
+    ids = [p.id for p in projects] + [p.id for p in ended]
+    if not ids:
         return []
-    ids = [p.id for p in projects]
     existing = {
         (n.project_id, n.kind, n.key)
         for n in db.execute(
@@ -122,6 +127,8 @@ def plan(
             project, balances[project.id], grants[project.id], low_balance_percents
         )
         planned += _window_ending(project, now, reminder_days)
+    for project in ended:
+        planned += _report_due(project, closing.report_of(db, project.id), now)
     created = []
     for item in planned:
         if (item.project_id, item.kind, item.key) in existing:
@@ -170,7 +177,7 @@ def _low_balance(
 def _window_ending(project: Project, now: datetime, days: Iterable[int]) -> list[Planned]:
     end = project.window_end
     last = taipei(last_second(end)).strftime("%Y-%m-%d %H:%M:%S")
-    report_due = taipei(end + timedelta(days=30)).strftime("%Y-%m-%d")
+    report_due = closing.due_date(end).isoformat()
     planned = []
     for d in sorted(set(days), reverse=True):
         if now >= end - timedelta(days=d):
@@ -189,6 +196,71 @@ def _window_ending(project: Project, now: datetime, days: Iterable[int]) -> list
                     f"and demo video are due by {report_due}.\n",
                 )
             )
+    return planned
+
+
+def _report_owed(db: Session, now: datetime) -> list[Project]:
+    """Projects whose window is over, that were approved (whatever they are now: closed,
+    suspended), whose report is not complete and that have not had every reminder yet."""
+    complete = select(ClosingReport.project_id).where(
+        ClosingReport.final_report_path != "",
+        ClosingReport.slides_path != "",
+        ClosingReport.video_url != "",
+    )
+    all_sent = select(Notice.project_id).where(
+        Notice.kind == REPORT_DUE, Notice.key == closing.OVERDUE
+    )
+    return list(
+        db.scalars(
+            select(Project)
+            .where(
+                Project.status.in_(
+                    [ProjectStatus.APPROVED, ProjectStatus.SUSPENDED, ProjectStatus.CLOSED]
+                ),
+                Project.window_end.is_not(None),
+                Project.window_end <= now,
+                Project.id.not_in(complete),
+                Project.id.not_in(all_sent),
+            )
+            .order_by(Project.id)
+        )
+    )
+
+
+def _report_due(project: Project, report: ClosingReport | None, now: datetime) -> list[Planned]:
+    """Closing-report reminders 14, 7 and 1 days before the due date and "overdue" the day
+    after it; each decided once, every one that fell due (none skipped after missed runs)."""
+    if closing.is_complete(report):
+        return []
+    due = closing.due_at(project.window_end).strftime("%Y-%m-%d %H:%M:%S")
+    missing = closing.missing_parts(report)
+    zh_missing = "、".join(closing.PART_NAMES[p][0] for p in missing)
+    en_missing = ", ".join(closing.PART_NAMES[p][1] for p in missing)
+    page = f"/services/quota/projects/{project.id}/closing"
+    planned = []
+    for key in closing.reminders_due(project.window_end, now):
+        if key == closing.OVERDUE:
+            subject = f"{SUBJECT_PREFIX} 結案報告逾期 / closing report overdue: {project.name}"
+            zh = f"計畫「{project.name}」的結案資料已於 {due}（台北時間）到期，尚未繳交：{zh_missing}。"
+            en = (
+                f"The closing documents of {project.name} were due by {due} (Asia/Taipei); "
+                f"still missing: {en_missing}."
+            )
+        else:
+            subject = (
+                f"{SUBJECT_PREFIX} 結案報告 {key} 天後到期 / closing report due in {key} "
+                f"day{'s' if key != '1' else ''}: {project.name}"
+            )
+            zh = (
+                f"計畫「{project.name}」的結案報告、簡報與展示影片連結請於 {due}（台北時間）前"
+                f"繳交，尚缺：{zh_missing}。"
+            )
+            en = (
+                f"The final report, slides and demo video link of {project.name} are due by "
+                f"{due} (Asia/Taipei); missing: {en_missing}."
+            )
+        body = f"{zh}\n{en}\n\n繳交頁面 Upload page: {page}\n"
+        planned.append(Planned(project.id, REPORT_DUE, key, NoticeStatus.PENDING, subject, body))
     return planned
 
 
