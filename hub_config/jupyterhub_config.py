@@ -62,13 +62,15 @@ service_env = {
     "AIPOWER_QUOTA_DB_URL": env("AIPOWER_QUOTA_DB_URL", f"sqlite:///{state / 'quota.sqlite'}"),
     "AIPOWER_METERING_INTERVAL": env("AIPOWER_METERING_INTERVAL", "60"),
     "AIPOWER_HOMES_DIR": str(state / "homes"),
+    # uploaded closing reports and slides (outside the database)
+    "AIPOWER_FILES_DIR": env("AIPOWER_FILES_DIR", str(state / "files")),
     "PYTHONPATH": str(ROOT),
 }
 # the service sees only what it is given: pass its own settings through
 service_env.update(
     {name: value for name, value in os.environ.items() if name.startswith("AIPOWER_SMTP_")}
 )
-for name in ("AIPOWER_NOTICE_INTERVAL", "AIPOWER_MAIL_FROM"):
+for name in ("AIPOWER_NOTICE_INTERVAL", "AIPOWER_MAIL_FROM", "AIPOWER_CLOSING_MAX_MB"):
     if env(name):
         service_env[name] = env(name)
 c.JupyterHub.services = [

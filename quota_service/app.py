@@ -188,6 +188,51 @@ class QuotaService(Application):
             raise ValueError("audit records are kept at least three years (1096 days)")
         return proposal.value
 
+    files_dir = Unicode(
+        help="""Folder for uploaded files (closing reports and slides), kept outside the
+        database, e.g. /srv/aipower/state/files. Default: a ``files`` folder next to the
+        SQLite database; with PostgreSQL, in AIPOWER_STATE_DIR (else the working folder).
+        Env: AIPOWER_FILES_DIR.""",
+    ).tag(config=True)
+
+    @default("files_dir")
+    def _default_files_dir(self):
+        if os.environ.get("AIPOWER_FILES_DIR"):
+            return os.environ["AIPOWER_FILES_DIR"]
+        url = self.db_url
+        if url.startswith("sqlite:///") and ":memory:" not in url:
+            return str(Path(url.removeprefix("sqlite:///")).resolve().parent / "files")
+        return str(Path(os.environ.get("AIPOWER_STATE_DIR", ".")).resolve() / "files")
+
+    closing_max_file_mb = Integer(
+        help="""Largest final-report or slides file, in MB of 1,048,576 bytes, e.g. 50. The
+        HTTP server takes request bodies up to twice this plus 1 MB (both files in one form).
+        Env: AIPOWER_CLOSING_MAX_MB.""",
+    ).tag(config=True)
+
+    @default("closing_max_file_mb")
+    def _default_closing_max_file_mb(self):
+        return int(os.environ.get("AIPOWER_CLOSING_MAX_MB", "50"))
+
+    @validate("closing_max_file_mb")
+    def _check_closing_max_file_mb(self, proposal):
+        if not 1 <= proposal.value <= 1024:
+            raise ValueError("closing_max_file_mb must be between 1 and 1024")
+        return proposal.value
+
+    closing_file_types = List(
+        Unicode(),
+        ["pdf", "pptx", "odp", "docx"],
+        help="""File types (extensions) accepted for the final report and the slides, e.g.
+        ["pdf", "pptx", "odp", "docx"]. PDF, DOCX, PPTX, ODP and ODT files are also checked by
+        their content.""",
+    ).tag(config=True)
+
+    @property
+    def max_body_size(self) -> int:
+        """The largest request body: two files of the largest size and the form fields."""
+        return (2 * self.closing_max_file_mb + 1) * 1024 * 1024
+
     admin_scope = Unicode(
         "custom:aipower:admin",
         help="JupyterHub scope that opens the service's admin pages (operators' role).",
@@ -310,7 +355,7 @@ class QuotaService(Application):
     async def serve(self):
         web_app = self.make_web_app()
         url = urlparse(self.service_url)
-        server = HTTPServer(web_app, xheaders=True)
+        server = HTTPServer(web_app, xheaders=True, max_body_size=self.max_body_size)
         server.listen(url.port or 80, url.hostname or "127.0.0.1")
         self.log.info(
             "Quota service on %s%s, metering every %ss",

@@ -158,7 +158,17 @@ class ProjectPage(BaseHandler):
             summary = reports.project_summary(db, project)
             history = reports.usage_history(db, project.id)
             sessions = reports.recent_sessions(db, project.id)
-        self.render_page("project.html", project=summary, history=history, sessions=sessions)
+            now = utcnow()
+            usage = reports.project_usage(db, project, now)
+            closing = reports.closing_view(db, project, now)
+        self.render_page(
+            "project.html",
+            project=summary,
+            history=history,
+            sessions=sessions,
+            usage=usage,
+            closing=closing,
+        )
 
 
 class AdminPage(BaseHandler):
@@ -170,10 +180,14 @@ class AdminPage(BaseHandler):
     def get(self, errors: dict | None = None, typed: dict | None = None):
         self.require_operator()
         with self.db() as db:
-            all_projects = reports.all_projects(db)
-            balances = ledger.balances(db, [p.id for p in all_projects])
-            rows = [reports.project_summary(db, p, balances[p.id]) for p in all_projects]
-        self.render_page("admin.html", projects=rows, errors=errors or {}, typed=typed or {})
+            board = reports.dashboard(db, utcnow())
+        self.render_page(
+            "admin.html",
+            projects=board["projects"],
+            overdue=board["overdue"],
+            errors=errors or {},
+            typed=typed or {},
+        )
 
 
 class AdminProjectAction(AdminPage):
@@ -383,7 +397,9 @@ class SessionCloseAPI(InternalAPIHandler):
 
 
 def routes() -> list[tuple[str, type]]:
-    return [
+    from . import project_pages  # it builds on the handlers above
+
+    return project_pages.routes() + [
         (r"", OverviewPage),
         (r"projects/(\d+)", ProjectPage),
         (r"admin", AdminPage),

@@ -261,6 +261,7 @@ def project_usage(db: Session, project: Project, now: datetime) -> dict | None:
                 "first_day": w.week.first_day.isoformat(),
                 "last_day": w.week.last_day.isoformat(),
                 "days": w.week.days,
+                "full": w.week.full,
                 "gpu_hours": str(w.gpu_hours),
                 "started": w.started,
                 "current": current is not None and w.week.number == current.number,

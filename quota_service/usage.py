@@ -56,8 +56,9 @@ class Week:
         return taipei(self.end - timedelta(microseconds=1)).date()
 
     @property
-    def days(self) -> int:
-        return (self.last_day - self.first_day).days + 1
+    def days(self) -> str:
+        """Its length in days, as shown: "7", or "1" for a last week of one day."""
+        return days_label(self.end - self.start)
 
     @property
     def full(self) -> bool:

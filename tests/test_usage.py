@@ -49,7 +49,7 @@ def test_weeks_are_counted_from_the_window_start_in_taipei():
     assert (weeks[13].first_day, weeks[13].last_day, weeks[13].days) == (
         date(2027, 2, 27),
         date(2027, 2, 27),
-        1,
+        "1",
     )
     assert [w.full for w in weeks] == [True] * 13 + [False]
     assert weeks[13].end == END
@@ -59,7 +59,7 @@ def test_a_three_month_window_from_new_year_has_13_weeks_the_last_of_6_days():
     start, end = window_for_notice(date(2026, 1, 1))  # 90 days
     weeks = window_weeks(start, end)
     assert len(weeks) == 13
-    assert weeks[-1].days == 6 and weeks[-1].last_day == date(2026, 3, 31)
+    assert weeks[-1].days == "6" and weeks[-1].last_day == date(2026, 3, 31)
     assert usage.week_containing(weeks, at("2026-03-31 23:59:59")).number == 13
     assert usage.week_containing(weeks, at("2026-04-01 00:00:00")) is None
     assert usage.week_containing(weeks, at("2026-01-07 23:59:59")).number == 1
@@ -90,6 +90,13 @@ def test_the_last_second_of_the_window_counts_in_the_last_week_and_nothing_after
         weeks, at("2027-02-27 23:59:59.500000"), at("2027-02-28 00:00:00.250000"), 4
     )
     assert per_week == {14: 4 * 500_000} and outside == 4 * 250_000
+
+
+def test_a_window_opened_in_the_afternoon_has_weeks_from_that_time():
+    weeks = window_weeks(at("2026-11-08 12:15:12"), at("2027-02-07 12:15:12"))
+    assert len(weeks) == 13 and all(w.full for w in weeks)
+    assert weeks[1].start == at("2026-11-15 12:15:12") and weeks[1].days == "7"
+    assert (weeks[0].first_day, weeks[0].last_day) == (date(2026, 11, 8), date(2026, 11, 15))
 
 
 def test_weekly_usage_counts_running_sessions_to_now_and_marks_future_weeks():
