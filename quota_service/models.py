@@ -176,9 +176,18 @@ class Notice(Base):
     the unique key is what makes a re-run, or a run after a missed one, send nothing twice."""
 
     __tablename__ = "notices"
-    __table_args__ = (UniqueConstraint("project_id", "kind", "key", name="uq_notice_once"),)
+    __table_args__ = (
+        UniqueConstraint("project_id", "kind", "key", name="uq_notice_once"),
+        UniqueConstraint("application_id", "kind", "key", name="uq_application_notice_once"),
+    )
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"), index=True)
+    # a notice is about a project, or about an application that has no project yet
+    project_id: Mapped[int | None] = mapped_column(
+        ForeignKey("projects.id"), index=True, nullable=True
+    )
+    application_id: Mapped[int | None] = mapped_column(
+        ForeignKey("applications.id"), index=True, nullable=True
+    )
     kind: Mapped[str] = mapped_column(String(40))
     key: Mapped[str] = mapped_column(String(40))
     status: Mapped[str] = mapped_column(String(20), default=NoticeStatus.PENDING, index=True)
@@ -217,3 +226,179 @@ class Purge(Base):
     # JSON list of {"path", "files", "bytes"} for what was deleted
     deleted: Mapped[str] = mapped_column(Text, default="[]")
     bytes_deleted: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+# ---- applications and review (issue 3) ------------------------------------------------------
+
+
+class ApplicationStatus(enum.StrEnum):
+    DRAFT = "draft"
+    SUBMITTED = "submitted"
+    QUALIFICATION = "qualification"  # the operator's qualification review
+    SUPPLEMENT_REQUESTED = "supplement_requested"  # 補件
+    RESUBMITTED = "resubmitted"
+    PROFESSIONAL_REVIEW = "professional_review"  # reviewers score
+    SELECTED = "selected"  # training: the meeting picked it; inference: over the pass mark
+    AWARDED = "awarded"
+    REJECTED = "rejected"
+    WITHDRAWN = "withdrawn"
+
+
+class Round(Base):
+    """A batch (梯次) of one category: applications are accepted in [opens_at, closes_at)."""
+
+    __tablename__ = "rounds"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    category: Mapped[str] = mapped_column(String(20))
+    opens_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # exclusive: 2026-10-31 00:00:00 Taipei for "until 2026-10-30 23:59"
+    closes_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class Application(Base):
+    """One company's application to one round: Attachment 1 and the proposal (Attachment 2
+    or 3) as JSON documents, validated by ``quota_service.validation``; the few fields that
+    are queried or constrained are columns."""
+
+    __tablename__ = "applications"
+    __table_args__ = (
+        # one open application per company, round and category: ``open_key`` is the business
+        # number while the application is open and NULL once withdrawn or rejected (NULLs
+        # never collide, on SQLite and PostgreSQL alike)
+        UniqueConstraint("round_id", "category", "open_key", name="uq_application_open"),
+    )
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    round_id: Mapped[int] = mapped_column(ForeignKey("rounds.id"), index=True)
+    category: Mapped[str] = mapped_column(String(20))
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
+    status: Mapped[str] = mapped_column(String(30), default=ApplicationStatus.DRAFT, index=True)
+    business_number: Mapped[str] = mapped_column(String(8), default="")
+    company_name: Mapped[str] = mapped_column(String(200), default="")
+    open_key: Mapped[str | None] = mapped_column(String(8), nullable=True)
+    company_data: Mapped[str] = mapped_column(Text, default="{}")  # Attachment 1
+    consent: Mapped[str] = mapped_column(Text, default="{}")  # personal-data consent
+    declarations: Mapped[str] = mapped_column(Text, default="{}")
+    proposal: Mapped[str] = mapped_column(Text, default="{}")  # Attachment 2 or 3
+    startup_priority: Mapped[bool] = mapped_column(Boolean, default=False)
+    tier: Mapped[str | None] = mapped_column(String(4), nullable=True)
+    project_id: Mapped[int | None] = mapped_column(ForeignKey("projects.id"), nullable=True)
+    submitted_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class ApplicationStatusChange(Base):
+    """The application's history, as its applicant sees it (the audit trail has it too)."""
+
+    __tablename__ = "application_status_changes"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    application_id: Mapped[int] = mapped_column(ForeignKey("applications.id"), index=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime())
+    actor: Mapped[str] = mapped_column(String(255))
+    old_status: Mapped[str] = mapped_column(String(30))
+    new_status: Mapped[str] = mapped_column(String(30))
+    reason: Mapped[str] = mapped_column(Text, default="")
+
+
+class QualificationResult(Base):
+    """One criterion of the qualification review: the automatic check with its evidence,
+    and the operator's pass or fail."""
+
+    __tablename__ = "qualification_results"
+    __table_args__ = (UniqueConstraint("application_id", "criterion"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    application_id: Mapped[int] = mapped_column(ForeignKey("applications.id"), index=True)
+    criterion: Mapped[str] = mapped_column(String(40))
+    automatic: Mapped[str] = mapped_column(String(10), default="")  # pass, fail, flag, ""
+    evidence: Mapped[str] = mapped_column(Text, default="{}")
+    passed: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    note: Mapped[str] = mapped_column(Text, default="")
+    decided_by: Mapped[str] = mapped_column(String(255), default="")
+    decided_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    checked_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class SupplementRequest(Base):
+    """補件: what is missing (field names) and until when [requested_at, due_before)."""
+
+    __tablename__ = "supplement_requests"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    application_id: Mapped[int] = mapped_column(ForeignKey("applications.id"), index=True)
+    fields: Mapped[str] = mapped_column(Text, default="[]")  # JSON list of field names
+    message: Mapped[str] = mapped_column(Text, default="")
+    due_before: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    requested_by: Mapped[str] = mapped_column(String(255))
+    requested_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    resolved_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    expired_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class ReviewerProfile(Base):
+    """Where a reviewer works: the business number used to detect obvious conflicts."""
+
+    __tablename__ = "reviewer_profiles"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), unique=True)
+    affiliation: Mapped[str] = mapped_column(String(200), default="")
+    business_number: Mapped[str] = mapped_column(String(8), default="")
+
+
+class ReviewerAssignment(Base):
+    __tablename__ = "reviewer_assignments"
+    __table_args__ = (UniqueConstraint("application_id", "reviewer_id"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    application_id: Mapped[int] = mapped_column(ForeignKey("applications.id"), index=True)
+    reviewer_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
+    assigned_by: Mapped[str] = mapped_column(String(255))
+    assigned_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    conflict_declared: Mapped[str] = mapped_column(Text, default="")  # the reviewer's words
+    recused_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class ScoreSheet(Base):
+    """One reviewer's scores (criterion → 0..100, JSON), the bonus items counted and the
+    weighted total in hundredths of a point (exact: integer weights times integer scores)."""
+
+    __tablename__ = "score_sheets"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    assignment_id: Mapped[int] = mapped_column(ForeignKey("reviewer_assignments.id"), unique=True)
+    scores: Mapped[str] = mapped_column(Text, default="{}")
+    bonus_items: Mapped[str] = mapped_column(Text, default="[]")
+    total_hundredths: Mapped[int] = mapped_column(Integer)
+    comment_to_applicant: Mapped[str] = mapped_column(Text, default="")
+    private_comment: Mapped[str] = mapped_column(Text, default="")
+    submitted_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class Award(Base):
+    __tablename__ = "awards"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    application_id: Mapped[int] = mapped_column(ForeignKey("applications.id"), unique=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"), unique=True)
+    tier: Mapped[str] = mapped_column(String(4))
+    points: Mapped[int] = mapped_column(Integer)
+    notice_date: Mapped[datetime] = mapped_column(UTCDateTime())
+    window_start: Mapped[datetime] = mapped_column(UTCDateTime())
+    window_end: Mapped[datetime] = mapped_column(UTCDateTime())
+    # training: JSON list of CIDR strings (IPv4 or IPv6) the members must connect from
+    trusted_networks: Mapped[str] = mapped_column(Text, default="[]")
+    awarded_by: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class ApiKey(Base):
+    """Inference: a company's API key, stored only as the SHA-256 of a 256-bit token.
+    Regenerating revokes the active key and adds a row; at most one is active."""
+
+    __tablename__ = "api_keys"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    award_id: Mapped[int] = mapped_column(ForeignKey("awards.id"), index=True)
+    company_id: Mapped[int] = mapped_column(ForeignKey("companies.id"), index=True)
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(16))  # shown to tell keys apart
+    created_by: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    revoked_by: Mapped[str] = mapped_column(String(255), default="")
