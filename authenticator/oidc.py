@@ -6,15 +6,25 @@ the quota service and is applied as JupyterHub groups (``manage_groups``), which
 the RBAC roles defined in the hub configuration: ``gpu-users`` may start servers,
 ``operators`` are admins, ``reviewers`` are reviewers. The groups are recomputed at every
 sign-in, after ``auth_refresh_age``, and before every spawn (``refresh_pre_spawn``).
+
+The network rules of use are checked at the same moments (``quota_service.network``): a
+sign-in, refresh or spawn from mainland China, Hong Kong or Macau is refused with a bilingual
+message and reported to the quota service, which records it against the person; members of
+an awarded training project are refused outside their project's trusted fixed addresses when
+``NetworkPolicy.enforce_trusted_networks`` is on.
 """
 
 from __future__ import annotations
 
+from urllib.parse import quote
+
 from oauthenticator.generic import GenericOAuthenticator
 from tornado import web
+from tornado.httpclient import AsyncHTTPClient
 from traitlets import Bool, Set, Unicode, default
 
 from quota_service.client import QuotaRefusal, QuotaServiceClient, QuotaServiceUnavailable
+from quota_service.network import BANNED_REGION, NetworkPolicy, NetworkRefusal
 
 UNAVAILABLE = "配額服務暫時無法使用，請稍後再試。 / The quota service is unavailable; please try again shortly."
 
@@ -96,20 +106,96 @@ class AIPowerAuthenticator(GenericOAuthenticator):
 
     async def authenticate(self, handler, data=None, **kwargs):
         try:
-            return await super().authenticate(handler, data, **kwargs)
+            auth_model = await super().authenticate(handler, data, **kwargs)
         except _AccessUnknown:
             raise web.HTTPError(503, UNAVAILABLE) from None
+        if auth_model is not None and handler is not None:
+            # checked once the person is known, so that the refusal is recorded against them
+            name = auth_model["name"]
+            await self.check_region(name, handler, "sign-in")
+            access = auth_model["auth_state"]["aipower"]
+            self.check_trusted_address(name, handler, access, "sign-in")
+        return auth_model
 
     async def refresh_user(self, user, handler=None, **kwargs):
+        """Also the pre-spawn check (``refresh_pre_spawn``). A network refusal raises 403:
+        returning False would not stop a token-authenticated request."""
+        if handler is not None:
+            await self.check_region(user.name, handler, _attempt(handler))
         try:
-            return await super().refresh_user(user, handler, **kwargs)
+            refreshed = await super().refresh_user(user, handler, **kwargs)
         except _AccessUnknown:
-            if self.keep_access_on_outage:
-                return True
-            return False
+            refreshed = self.keep_access_on_outage
+        if handler is not None and refreshed is not False:
+            access = self.last_access.get(user.name)
+            if access is None:  # the hub restarted and the refresh did not reach the service
+                access = ((await user.get_auth_state()) or {}).get("aipower")
+            self.check_trusted_address(user.name, handler, access, _attempt(handler))
+        return refreshed
+
+    # ---- the network rules of use ----------------------------------------------------------
+
+    @property
+    def network(self) -> NetworkPolicy:
+        return NetworkPolicy.instance(parent=self)
+
+    async def check_region(self, name: str, handler, attempt: str) -> None:
+        refusal = self.network.region_refusal(self.network.client_of(handler.request))
+        if refusal is not None:
+            await self.report_refusal(name, refusal, attempt)
+            self._refuse(name, refusal, attempt)
+
+    def check_trusted_address(self, name: str, handler, access: dict | None, attempt: str) -> None:
+        refusal = self.network.trusted_refusal(self.network.client_of(handler.request), access)
+        if refusal is not None:
+            self._refuse(name, refusal, attempt)
+
+    def _refuse(self, name: str, refusal: NetworkRefusal, attempt: str):
+        self.log.warning(
+            "Refused %s for %s from %s (%s): %s",
+            attempt,
+            name,
+            refusal.address,
+            refusal.country or "-",
+            refusal.code,
+        )
+        error = web.HTTPError(403, refusal.message)
+        # JupyterHub 5.5 shows a reason code instead of the message; both show this one
+        error.jupyterhub_message = refusal.message
+        raise error
+
+    async def report_refusal(self, name: str, refusal: NetworkRefusal, attempt: str) -> None:
+        """Have the quota service record the refusal: the person's access is asked for with
+        their address forwarded (the hub is one of its trusted proxies), which the service
+        refuses and records. The refusal stands whether or not the record succeeds."""
+        quota = QuotaServiceClient.instance(parent=self)
+        try:
+            response = await AsyncHTTPClient().fetch(
+                f"{quota.url.rstrip('/')}/api/v1/internal/access/{quote(name, safe='')}",
+                headers={
+                    "Authorization": f"token {quota.token}",
+                    "X-Forwarded-For": refusal.address,
+                    "X-AIPower-Attempt": attempt,
+                },
+                request_timeout=quota.timeout,
+                connect_timeout=quota.timeout,
+                raise_error=False,
+            )
+            recorded = response.code == 403 and BANNED_REGION.encode() in (response.body or b"")
+        except OSError as e:
+            self.log.warning("Refusal of %s not recorded: %s", name, e)
+            return
+        if not recorded:
+            self.log.warning(
+                "Refusal of %s not recorded: the quota service answered %s", name, response.code
+            )
 
     def access_for_page(self, username: str) -> dict | None:
         return self.last_access.get(username)
+
+
+def _attempt(handler) -> str:
+    return f"{handler.request.method} {handler.request.path}"
 
 
 def home_page_access(user) -> dict | None:

@@ -118,3 +118,37 @@ c.Spawner.server_token_scopes = server_token_scopes("quota")
 from authenticator import home_page_access  # noqa: E402
 
 c.JupyterHub.template_vars = {"aipower_access": home_page_access}
+
+# ---- rules of use: where connections come from; idle servers ----------------------------
+# docs/network-policy.md. The hub (authenticator), the quota service and the single-user
+# servers decide alike: each gets the same settings.
+from quota_service.network import LOOPBACK, NetworkPolicy, split_list  # noqa: E402
+
+# the proxy (and the hub, towards the quota service) connect from here; their X-Forwarded-For
+# entry is believed
+c.NetworkPolicy.proxy_networks = split_list(env("AIPOWER_PROXY_NETWORKS", ",".join(LOOPBACK)))
+# load balancers in front of the proxy whose X-Forwarded-For entries are believed too
+c.NetworkPolicy.trusted_proxies = split_list(env("AIPOWER_TRUSTED_PROXIES", ""))
+c.NetworkPolicy.banned_countries = split_list(env("AIPOWER_BANNED_COUNTRIES", "CN,HK,MO"))
+# training members only from their project's trusted addresses: on in production
+c.NetworkPolicy.enforce_trusted_networks = env("AIPOWER_ENFORCE_TRUSTED_NETWORKS", "0") == "1"
+service_env.update(NetworkPolicy(config=c).environment())
+
+# servers idle by Jupyter activity are stopped (their metering closes with the stop)
+idle_timeout = int(env("AIPOWER_IDLE_TIMEOUT", "3600"))
+idle_cull_every = int(env("AIPOWER_IDLE_CULL_EVERY", str(max(1, min(300, idle_timeout // 2)))))
+if idle_timeout < 1 or idle_cull_every < 1:
+    raise ValueError("AIPOWER_IDLE_TIMEOUT and AIPOWER_IDLE_CULL_EVERY must be positive seconds")
+c.JupyterHub.services.append(
+    {
+        # role `idle-culler` in hub_config/roles.py: least privilege
+        "name": "idle-culler",
+        "command": [
+            sys.executable,
+            "-m",
+            "jupyterhub_idle_culler",
+            f"--timeout={idle_timeout}",
+            f"--cull-every={idle_cull_every}",
+        ],
+    }
+)

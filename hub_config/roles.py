@@ -23,7 +23,16 @@ CUSTOM_SCOPES = {
 }
 
 
-def load_roles(quota_service: str = "quota", hub_agent: str = "aipower-hub-agent") -> list[dict]:
+# what jupyterhub-idle-culler 2.x needs (its README): the user list, each user's activity and
+# servers, and stopping servers; no admin:users, since it never deletes users (no --cull-users)
+IDLE_CULLER_SCOPES = ["list:users", "read:users:activity", "read:servers", "delete:servers"]
+
+
+def load_roles(
+    quota_service: str = "quota",
+    hub_agent: str = "aipower-hub-agent",
+    idle_culler: str = "idle-culler",
+) -> list[dict]:
     quota_access = f"access:services!service={quota_service}"
     return [
         {
@@ -69,5 +78,12 @@ def load_roles(quota_service: str = "quota", hub_agent: str = "aipower-hub-agent
             "description": "The hub's identity towards the quota service",
             "scopes": [HUB_AGENT_SCOPE],
             "services": [hub_agent],
+        },
+        {
+            # stops servers idle by Jupyter activity; the spawner closes their metering
+            "name": "idle-culler",
+            "description": "Least privilege for jupyterhub-idle-culler",
+            "scopes": list(IDLE_CULLER_SCOPES),
+            "services": [idle_culler],
         },
     ]

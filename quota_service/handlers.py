@@ -12,7 +12,7 @@ from tornado import web
 
 from spawner.points import points_to_millipoints
 
-from . import access, audit, ledger, metering, notifications, projects, reports
+from . import access, audit, ledger, metering, network, notifications, projects, reports
 from . import db as database
 from .metering import ServerRequest, SessionRefused
 from .models import Project, ProjectStatus, UsageSession
@@ -38,6 +38,8 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
             raise web.HTTPError(
                 403, "這個帳號不能使用本服務 / not allowed to use this service"
             ) from None
+        # rules of use: no connections from banned regions (recorded, then refused)
+        network.guard_quota_request(self)
 
     def db(self):
         return database.transaction(self.service.session_factory)
@@ -285,6 +287,7 @@ class AccessAPI(InternalAPIHandler):
                         db, project, self.service.low_balance_percents
                     ),
                     "notice": reports.last_stop_notice(db, username),
+                    "trusted_networks": access.trusted_networks_of(project),
                 }
             )
 
