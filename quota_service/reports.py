@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session, selectinload
 
 from spawner.points import burn_rate_points_per_hour, to_points
 
-from . import charts, closing, ledger, metering, usage
+from . import charts, closing, ledger, lifecycle, metering, usage
 from .models import (
     Account,
     ClosingReport,
@@ -203,17 +203,6 @@ def balances_before(db: Session, project_id: int, moments: list[datetime]) -> li
     return result
 
 
-def member_names(db: Session, project_id: int) -> list[str]:
-    return list(
-        db.scalars(
-            select(Account.username)
-            .join(Membership)
-            .where(Membership.project_id == project_id)
-            .order_by(Account.username)
-        )
-    )
-
-
 def _breakdown_row(b: usage.Breakdown) -> dict:
     return {
         "key": b.key,
@@ -252,7 +241,7 @@ def project_usage(db: Session, project: Project, now: datetime) -> dict | None:
         used_recently_millipoints=spent_between(db, project.id, now - span, now),
     )
     spent = spent_by_session(db, project.id)
-    members, servers = usage.breakdowns(spans, spent, now, member_names(db, project.id))
+    members, servers = usage.breakdowns(spans, spent, now, lifecycle.members_of(db, project.id))
     total_micro = sum(w.gpu_microseconds for w in week_rows) + outside
     return {
         "weeks": [

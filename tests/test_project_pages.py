@@ -7,13 +7,12 @@ from __future__ import annotations
 import csv
 import io
 import re
-import shutil
 from datetime import timedelta
 from decimal import Decimal
 
 import pytest
 import requests
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 from sqlalchemy import select
 
 from quota_service import db as database
@@ -26,12 +25,14 @@ from quota_service.models import (
     UsageSession,
 )
 from quota_service.timewindow import utcnow
+from tests import test_browser
 from tests.platform import QuotaDB
 from tests.stack import Stack
-from tests.test_browser import CHROMIUM, CHROMIUM_FLAGS, sign_in
 from tests.test_closing import PDF, office
 
 pytestmark = pytest.mark.e2e
+chromium = test_browser.chromium  # the same browser fixture
+sign_in = test_browser.sign_in
 MAX_MB = 1  # AIPOWER_CLOSING_MAX_MB: 1 MiB files, 3 MiB request bodies
 
 
@@ -341,16 +342,6 @@ def test_operator_adjusts_points_up_and_down_with_a_reason(stack, quota_db):
 
 
 # ---- in a browser ------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def chromium():
-    if not shutil.which(CHROMIUM):
-        pytest.fail("Chromium is missing: apt-get install -y chromium (.ci/run does it)")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
-        yield browser
-        browser.close()
 
 
 def test_trainee_uploads_closing_documents_in_the_browser(stack, chromium, tmp_path):
