@@ -290,13 +290,16 @@ class QuotaService(Application):
             self.log.warning("Hub server list unavailable, metering without it: %s", e)
             running = None
         with database.transaction(self.session_factory) as db:
-            orders = metering.meter(
-                db,
-                now=utcnow(),
-                running=running,
-                listed_at=listed_at,
-                interval_seconds=self.metering_interval,
-            )
+            orders = metering.meter(db, now=utcnow(), running=running, listed_at=listed_at)
+        if running is not None:
+            with database.transaction(self.session_factory) as db:
+                orders += metering.adopt_unmetered(
+                    db,
+                    running,
+                    listed_at=listed_at,
+                    now=utcnow(),
+                    interval_seconds=self.metering_interval,
+                )
         for order in orders:
             self.log.info(
                 "Stopping %s's server %r: %s", order.username, order.server_name, order.reason.code

@@ -13,7 +13,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from spawner.points import interval_cost, period_charge, whole_seconds
@@ -264,19 +264,17 @@ def meter(
     now: datetime,
     running: dict[tuple[str, str], RunningServer] | None = None,
     listed_at: datetime | None = None,
-    interval_seconds: int = 60,
 ) -> list[StopOrder]:
     """One metering pass, in a constant number of database round trips whatever the
     number of servers (benchmarks/metering_pass.py measures it).
 
     With ``running`` (the servers the hub listed at ``listed_at``) sessions are first
-    reconciled with what really runs, both ways: a session whose server the hub no longer
-    runs is closed where it was last seen, so a stop the service missed (it was down, or
-    the hub stopped servers after it) is never charged past the server's life; a ready
-    server without a session gets one from its start, and the anomaly is logged. Then
-    every open session is charged for its elapsed periods, and the servers that must stop
-    are returned (project no longer usable, member removed, or balance short of the next
-    interval).
+    reconciled with what really runs: a session whose server the hub no longer runs is
+    closed where it was last seen, so a stop the service missed (it was down, or the hub
+    stopped servers after it) is never charged past the server's life (the other way, a
+    server without a session, is ``adopt_unmetered``). Then every open session is charged
+    for its elapsed periods, and the servers that must stop are returned (project no
+    longer usable, member removed, or balance short of the next interval).
     """
     sessions_table = UsageSession.__table__
     # lock every project with an open session, in id order (the order every writer uses),
@@ -294,9 +292,14 @@ def meter(
             .with_for_update()
         )
     }
+    # only sessions of the projects locked above: a project's first session committed in
+    # between waits for the next pass
     sessions = db.execute(
         select(sessions_table)
-        .where(sessions_table.c.stopped_at.is_(None))
+        .where(
+            sessions_table.c.stopped_at.is_(None),
+            sessions_table.c.project_id.in_(list(projects)),
+        )
         .order_by(sessions_table.c.id)
     ).all()
     balances = ledger.balances(db, list(projects))
@@ -309,12 +312,12 @@ def meter(
         members[project_id].add(username)
 
     ledger_rows: list[dict] = []
-    session_updates: list[dict] = []
+    session_updates: dict[int, dict] = {}  # by session id, in the order first changed
     audit_rows: list[dict] = []
     still_open: dict[int, list] = defaultdict(list)
     for session in sessions:
         key = (session.username, session.server_name)
-        changes = {"id": session.id}
+        changes = {"session_id": session.id}
         end, final = now, False
         if running is not None and listed_at is not None:
             if key in running:
@@ -359,7 +362,7 @@ def meter(
         else:
             still_open[session.project_id].append(session)
         if len(changes) > 1:
-            session_updates.append(changes)
+            session_updates[session.id] = changes
 
     orders: list[StopOrder] = []
     for project_id, open_ones in still_open.items():
@@ -377,47 +380,53 @@ def meter(
                 _merge(session_updates, session.id, stop_reason=reason.message)
             orders.append(StopOrder(session.id, session.username, session.server_name, reason))
 
+    # Core statements on the tables, not ORM bulk ones: the same executemany, without the
+    # ORM's per-row bookkeeping (a sixth of a pass at 10,000 servers, docs/benchmarks.md)
     if ledger_rows:
-        db.execute(insert(LedgerEntry), ledger_rows)
+        db.execute(insert(LedgerEntry.__table__), ledger_rows)
     if session_updates:
-        for batch in _by_keys(session_updates):
-            db.execute(update(UsageSession), batch)
+        by_id = sessions_table.c.id == bindparam("session_id")
+        for batch in _by_keys(list(session_updates.values())):
+            db.execute(update(sessions_table).where(by_id), batch)
     if audit_rows:
-        db.execute(insert(AuditEvent), audit_rows)
-    if running is not None and listed_at is not None:
-        open_keys = {(s.username, s.server_name) for s in sessions}
-        orders += _adopt(db, running, open_keys, listed_at, now, interval_seconds)
+        db.execute(insert(AuditEvent.__table__), audit_rows)
     return orders
 
 
-def _merge(updates: list[dict], session_id: int, **fields) -> None:
-    for changes in updates:
-        if changes["id"] == session_id:
-            changes.update(fields)
-            return
-    updates.append({"id": session_id, **fields})
+def _merge(updates: dict[int, dict], session_id: int, **fields) -> None:
+    updates.setdefault(session_id, {"session_id": session_id}).update(fields)
 
 
 def _by_keys(rows: list[dict]) -> list[list[dict]]:
-    """Bulk UPDATE batches, one per set of columns."""
+    """Bulk UPDATE batches, one per set of columns (each row: ``session_id`` and the
+    columns to set)."""
     batches: dict[tuple, list[dict]] = defaultdict(list)
     for row in rows:
         batches[tuple(sorted(row))].append(row)
     return list(batches.values())
 
 
-def _adopt(
+def adopt_unmetered(
     db: Session,
     running: dict[tuple[str, str], RunningServer],
-    open_keys: set[tuple[str, str]],
+    *,
     listed_at: datetime,
     now: datetime,
     interval_seconds: int,
 ) -> list[StopOrder]:
     """Give a session to a ready server that has none (rare: an anomaly, logged).
 
-    A server is covered when any session of it (open or closed) began at or after the
-    hub's start of it; only uncovered ones are adopted, charged from the hub's start."""
+    Run in a transaction of its own after the pass, so that the one project it locks is
+    the only lock it holds. A server is covered when any session of it (open or closed)
+    began at or after the hub's start of it; only uncovered ones are adopted, charged from
+    the hub's start."""
+    open_keys = set(
+        db.execute(
+            select(UsageSession.username, UsageSession.server_name).where(
+                UsageSession.stopped_at.is_(None)
+            )
+        ).tuples()
+    )
     candidates = {
         key: server
         for key, server in running.items()

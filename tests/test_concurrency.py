@@ -20,7 +20,7 @@ figure is exact. The engine's pool holds a connection for every thread at once (
 service's own pool holds 30), so the transactions really are simultaneous in the database.
 No deadlock or serialization failure is expected (every writer locks the project first);
 the threads count them, and any other error, and the tests want none. One race was found
-(a pass and a project's first start): the last test, marked xfail until it is fixed.
+while writing them (a pass and a project's first start): the last test keeps it fixed.
 """
 
 from __future__ import annotations
@@ -111,7 +111,7 @@ def close_server(
 def metering_pass(factory, now: datetime, observe: Callable | None = None) -> list[StopOrder]:
     """QuotaService.meter_once, without the hub's list."""
     with database.transaction(factory) as db:
-        orders = metering.meter(db, now=now, interval_seconds=INTERVAL)
+        orders = metering.meter(db, now=now)
         if observe:
             observe(db, orders)
         return orders
@@ -591,16 +591,9 @@ def test_without_the_lock_the_unique_period_still_charges_once(fresh_database):
         ]
 
 
-# --- a race found while writing these tests ---------------------------------------------------
+# --- a race found while writing these tests (fixed) ---------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=KeyError,
-    reason="metering.meter locks the projects that have open sessions, then reads the open "
-    "sessions in a later statement: a project's first session, committed in between, is read "
-    "without its project locked and is missing from `balances` (KeyError, the pass fails)",
-)
 def test_a_pass_survives_a_first_server_starting_while_it_locks(fresh_database):
     engine, factory = fresh_database()
     make_project(factory, members=("alice",))

@@ -522,9 +522,12 @@ def reconcile(session_factory, now, running, listed_at=None) -> list[metering.St
     dict of RunningServer as the hub describes them."""
     if isinstance(running, set):
         running = {key: RunningServer(ready=True) for key in running}
+    # as the service runs it: the pass, then the adoption in a transaction of its own
     with database.transaction(session_factory) as db:
-        return metering.meter(
-            db, now=now, running=running, listed_at=listed_at or now, interval_seconds=60
+        orders = metering.meter(db, now=now, running=running, listed_at=listed_at or now)
+    with database.transaction(session_factory) as db:
+        return orders + metering.adopt_unmetered(
+            db, running, listed_at=listed_at or now, now=now, interval_seconds=60
         )
 
 
