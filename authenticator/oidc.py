@@ -16,6 +16,7 @@ an awarded training project are refused outside their project's trusted fixed ad
 
 from __future__ import annotations
 
+import json
 from urllib.parse import quote
 
 from oauthenticator.generic import GenericOAuthenticator
@@ -24,7 +25,13 @@ from tornado.httpclient import AsyncHTTPClient
 from traitlets import Bool, Set, Unicode, default
 
 from quota_service.client import QuotaRefusal, QuotaServiceClient, QuotaServiceUnavailable
-from quota_service.network import BANNED_REGION, NetworkPolicy, NetworkRefusal
+from quota_service.network import (
+    BANNED_REGION,
+    NetworkPolicy,
+    NetworkRefusal,
+    guard_application,
+    is_platform_request,
+)
 
 UNAVAILABLE = "配額服務暫時無法使用，請稍後再試。 / The quota service is unavailable; please try again shortly."
 
@@ -135,6 +142,36 @@ class AIPowerAuthenticator(GenericOAuthenticator):
 
     # ---- the network rules of use ----------------------------------------------------------
 
+    def get_handlers(self, app):
+        handlers = super().get_handlers(app)
+        # every hub request is checked for its region once the hub's tornado application
+        # exists: JupyterHub builds it right after collecting these handlers
+        init_tornado_application = app.init_tornado_application
+
+        def init_and_guard():
+            init_tornado_application()
+            self.guard_hub(app)
+
+        app.init_tornado_application = init_and_guard
+        return handlers
+
+    def guard_hub(self, app) -> None:
+        # the sign-in pages pass: the callback refuses once the person is known, so that the
+        # refusal is recorded against them
+        sign_in = {app.hub_prefix + path for path in ("login", "oauth_login", "oauth_callback")}
+
+        def decide(request):
+            if request.path.rstrip("/") in sign_in or is_platform_request(request, self.network):
+                return None
+            return self.network.region_refusal(self.network.client_of(request))
+
+        guard_application(app.tornado_application, decide, _hub_refusal_handler(self))
+        self.log.info(
+            "Network rules of use: banned %s; X-Forwarded-For believed from %s",
+            ",".join(self.network.banned_countries),
+            ",".join(self.network.proxy_networks + self.network.trusted_proxies),
+        )
+
     @property
     def network(self) -> NetworkPolicy:
         return NetworkPolicy.instance(parent=self)
@@ -196,6 +233,49 @@ class AIPowerAuthenticator(GenericOAuthenticator):
 
 def _attempt(handler) -> str:
     return f"{handler.request.method} {handler.request.path}"
+
+
+def _hub_refusal_handler(authenticator: AIPowerAuthenticator):
+    """Answers a hub request from a banned region: identifies the person when the request
+    carries their cookie or token (without refreshing anything), has the refusal recorded,
+    and answers 403 with the message (JSON for the REST API)."""
+    from jupyterhub.handlers.base import BaseHandler
+
+    class Refused(BaseHandler):
+        def initialize(self, refusal: NetworkRefusal):
+            self.refusal = refusal
+
+        async def prepare(self):
+            # the error page is rendered as for someone signed out
+            self._jupyterhub_user = None
+            self._resolve_roles_and_scopes()
+            try:
+                user = self.get_current_user_token() or self.get_current_user_cookie()
+            except Exception:
+                user = None
+            attempt = _attempt(self)
+            name = getattr(user, "name", None)
+            if name:
+                await authenticator.report_refusal(name, self.refusal, attempt)
+            authenticator.log.warning(
+                "Refused %s for %s from %s (%s): %s",
+                attempt,
+                name or "an unidentified client",
+                self.refusal.address,
+                self.refusal.country,
+                self.refusal.code,
+            )
+            if self.request.path.startswith(self.hub.base_url + "api/"):
+                self.set_status(403)
+                self.set_header("Content-Type", "application/json; charset=utf-8")
+                body = {"status": 403, "reason": self.refusal.code, "message": self.refusal.message}
+                self.finish(json.dumps(body, ensure_ascii=False))
+                return
+            error = web.HTTPError(403, self.refusal.message)
+            error.jupyterhub_message = self.refusal.message
+            raise error
+
+    return Refused
 
 
 def home_page_access(user) -> dict | None:

@@ -133,6 +133,12 @@ c.NetworkPolicy.banned_countries = split_list(env("AIPOWER_BANNED_COUNTRIES", "C
 # training members only from their project's trusted addresses: on in production
 c.NetworkPolicy.enforce_trusted_networks = env("AIPOWER_ENFORCE_TRUSTED_NETWORKS", "0") == "1"
 service_env.update(NetworkPolicy(config=c).environment())
+# traffic to the single-user servers: the same rules, checked in each server by a
+# jupyter_server extension that the spawner enables and configures
+from authenticator import server_guard  # noqa: E402
+
+c.Spawner.environment.update(server_guard.environment(NetworkPolicy(config=c)))
+c.Spawner.args.extend(server_guard.server_args())
 
 # servers idle by Jupyter activity are stopped (their metering closes with the stop)
 idle_timeout = int(env("AIPOWER_IDLE_TIMEOUT", "3600"))

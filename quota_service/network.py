@@ -349,6 +349,58 @@ class NetworkPolicy(SingletonConfigurable):
         }
 
 
+# ---- a gate in front of a tornado application ---------------------------------------------
+
+
+def is_platform_request(request, policy: NetworkPolicy) -> bool:
+    """A request from the platform itself (the hub checking a server, the hub's agent
+    calling the quota service): straight from a ``proxy_networks`` peer, with no
+    X-Forwarded-For, so it did not come through the proxy."""
+    return "X-Forwarded-For" not in request.headers and in_networks(
+        parse_address(peer_of(request)), parse_networks(policy.proxy_networks)
+    )
+
+
+def guard_application(app, decide, refused_handler=None) -> None:
+    """Put ``decide(request) -> NetworkRefusal | None`` in front of every request to a tornado
+    application (pages, API, websockets, static files): a refusal is answered by
+    ``refused_handler`` (given ``refusal=``), by default a plain 403 with the bilingual
+    message, before any of the application's handlers runs."""
+    find_handler = app.find_handler
+    handler_class = refused_handler or _plain_refusal_handler()
+
+    def guarded(request, **kwargs):
+        refusal = decide(request)
+        if refusal is not None:
+            return app.get_handler_delegate(request, handler_class, {"refusal": refusal})
+        return find_handler(request, **kwargs)
+
+    app.find_handler = guarded
+
+
+def _plain_refusal_handler():
+    from tornado import web
+
+    class Refused(web.RequestHandler):
+        def initialize(self, refusal: NetworkRefusal):
+            self.refusal = refusal
+
+        def prepare(self):
+            log.warning(
+                "Refused %s %s from %s (%s): %s",
+                self.request.method,
+                self.request.path,
+                self.refusal.address,
+                self.refusal.country or "-",
+                self.refusal.code,
+            )
+            self.set_status(403, self.refusal.code)
+            self.set_header("Content-Type", "text/plain; charset=utf-8")
+            self.finish(self.refusal.message + "\n")
+
+    return Refused
+
+
 # ---- the record ------------------------------------------------------------------------------
 
 REFUSAL_ACTION = "network.refused"

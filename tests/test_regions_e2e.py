@@ -165,6 +165,25 @@ def test_quota_service_api_refuses_banned_regions(stack, quota_db, operator):
     )
 
 
+def test_hub_pages_and_api_refuse_banned_regions_on_every_request(stack, quota_db, operator):
+    browser, api = operator
+    url = stack.url("/hub/api/users/operator")
+    assert api.get(url, headers={"X-Forwarded-For": TW}, timeout=10).status_code == 200
+    # right after a request from Taiwan: no refresh is due, the hub refuses all the same
+    refused = api.get(url, headers={"X-Forwarded-For": MO_V6}, timeout=10)
+    assert refused.status_code == 403 and refused.json()["reason"] == "banned-region"
+    assert "Macau" in refused.json()["message"]
+    event, detail = refusals(quota_db)[-1]
+    assert (event.subject_id, detail["attempt"]) == ("operator", "GET /hub/api/users/operator")
+    page = browser.get(stack.url("/hub/home"), headers={"X-Forwarded-For": CN}, timeout=30)
+    assert page.status_code == 403 and "中國大陸" in page.text and "mainland China" in page.text
+    event, detail = refusals(quota_db)[-1]
+    assert (event.subject_id, detail["attempt"]) == ("operator", "GET /hub/home")
+    # the login page itself is harmless: a sign-in is refused once the person is known
+    login = stack.client().get(stack.url("/hub/login"), headers={"X-Forwarded-For": CN}, timeout=30)
+    assert login.status_code == 200
+
+
 def test_a_spoofed_header_before_an_untrusted_hop_is_ignored(stack, operator):
     # a client in Taiwan (as the load balancer saw it) that writes a Chinese address itself
     _, api = operator
@@ -176,15 +195,20 @@ def test_a_spoofed_header_before_an_untrusted_hop_is_ignored(stack, operator):
     assert response.status_code == 200
 
 
-def test_spawn_from_a_banned_region_is_refused_and_nothing_runs(stack, quota_db):
-    # a member of an inference project: the trusted-address rule does not apply to them
+@pytest.fixture(scope="module")
+def infer(stack, quota_db):
+    """A member of an inference project: the trusted-address rule does not apply to them."""
     project_id = quota_db.add_project("infer", business_number="10458575", millipoints=100_000)
     with quota_db.factory() as db:
         db.get(Project, project_id).category = "inference"
         db.commit()
     browser, done = sign_in_from(stack, "infer", TW)
     assert done.status_code == 200, done.text[:500]
-    api = stack.api(stack.token_for(browser, "infer"))
+    return browser, stack.api(stack.token_for(browser, "infer"))
+
+
+def test_spawn_from_a_banned_region_is_refused_and_nothing_runs(stack, quota_db, infer):
+    _, api = infer
     sessions = quota_db.count(UsageSession)
     response = api.post(
         stack.url("/hub/api/users/infer/server"),
@@ -199,6 +223,41 @@ def test_spawn_from_a_banned_region_is_refused_and_nothing_runs(stack, quota_db)
     assert quota_db.count(UsageSession) == sessions
     event, detail = refusals(quota_db)[-1]
     assert (event.subject_id, detail["attempt"]) == ("infer", "POST /hub/api/users/infer/server")
+
+
+def test_a_running_server_refuses_banned_regions(stack, infer):
+    browser, api = infer
+    started = api.post(
+        stack.url("/hub/api/users/infer/server"),
+        json={"gpu_vendor": "nvidia", "gpu_count": 1},
+        headers={"X-Forwarded-For": TW},
+        timeout=60,
+    )
+    assert started.status_code in (201, 202), started.text
+    try:
+        wait_for(
+            lambda: (
+                api.get(stack.url("/hub/api/users/infer"), timeout=10).json()["servers"].get("")
+                or {}
+            ).get("ready"),
+            60,
+            "infer's server ready",
+        )
+        # JupyterLab from Taiwan, through the server's own OAuth with the hub
+        lab = browser.get(stack.url("/user/infer/lab"), timeout=30)
+        assert lab.status_code == 200 and "JupyterLab" in lab.text
+        # the same browser and the same token, from Hong Kong and from mainland China
+        page = browser.get(
+            stack.url("/user/infer/lab"), headers={"X-Forwarded-For": HK}, timeout=30
+        )
+        assert page.status_code == 403 and "香港" in page.text and "Hong Kong" in page.text
+        status = api.get(
+            stack.url("/user/infer/api/status"), headers={"X-Forwarded-For": CN_V6}, timeout=30
+        )
+        assert status.status_code == 403 and "mainland China" in status.text
+        assert api.get(stack.url("/user/infer/api/status"), timeout=30).status_code == 200
+    finally:
+        api.delete(stack.url("/hub/api/users/infer/server"), timeout=60)
 
 
 def test_the_hub_runs_the_idle_culler(stack):

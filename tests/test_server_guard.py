@@ -1,0 +1,126 @@
+"""The single-user servers' network guard: a real tornado application behind the gate, with
+real addresses and real trusted-address lists; and what the spawner passes to the server."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+from tornado.httpclient import AsyncHTTPClient
+from tornado.httpserver import HTTPServer
+from tornado.netutil import bind_sockets
+from tornado.web import Application, RequestHandler
+
+from authenticator import server_guard
+from quota_service.network import NetworkPolicy
+
+TRUSTED = ["203.0.113.0/28", "2001:db8:42::/48"]
+
+
+class Lab(RequestHandler):
+    def get(self):
+        self.finish("JupyterLab")
+
+
+@pytest.fixture
+async def serve():
+    servers = []
+
+    async def start(trusted: list[str] | None, **policy):
+        app = Application([(r"/.*", Lab)])
+        policy = NetworkPolicy(**({"trusted_proxies": ["127.0.0.0/8"]} | policy))
+        server_guard.guard_application(
+            app, lambda request: server_guard.decide(request, policy, trusted)
+        )
+        sockets = bind_sockets(0, "127.0.0.1")
+        server = HTTPServer(app, xheaders=True)
+        server.add_sockets(sockets)
+        servers.append(server)
+        port = sockets[0].getsockname()[1]
+
+        async def get(forwarded_for: str | None = None):
+            headers = {"X-Forwarded-For": forwarded_for} if forwarded_for else {}
+            return await AsyncHTTPClient().fetch(
+                f"http://127.0.0.1:{port}/user/trainee/lab", headers=headers, raise_error=False
+            )
+
+        return get
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+async def test_banned_regions_are_refused_before_any_handler(serve):
+    get = await serve(trusted=None)
+    for address, words in (("1.2.4.8", "mainland China"), ("2404:c800::1", "Hong Kong")):
+        response = await get(f"{address}, 127.0.0.1")
+        assert response.code == 403 and response.reason == "banned-region"
+        assert words in response.body.decode()
+    assert (await get("168.95.1.1, 127.0.0.1")).body == b"JupyterLab"
+    assert (await get("2001:200::1, 127.0.0.1")).body == b"JupyterLab"
+
+
+async def test_the_owners_trusted_addresses(serve):
+    get = await serve(trusted=TRUSTED)
+    assert (await get("203.0.113.5, 127.0.0.1")).code == 200
+    assert (await get("2001:db8:42::1, 127.0.0.1")).code == 200
+    outside = await get("168.95.1.1, 127.0.0.1")
+    assert outside.code == 403 and "168.95.1.1" in outside.body.decode()
+    assert (await get("1.2.4.8, 127.0.0.1")).reason == "banned-region"
+
+
+async def test_no_trusted_addresses_registered_refuses_everyone_but_the_hub(serve):
+    get = await serve(trusted=[])
+    assert (await get("203.0.113.5, 127.0.0.1")).reason == "no-trusted-addresses"
+    # the hub checking the server: straight from loopback, no X-Forwarded-For
+    assert (await get(None)).code == 200
+
+
+async def test_a_spoofed_header_is_ignored_without_a_trusted_load_balancer(serve):
+    get = await serve(trusted=TRUSTED, trusted_proxies=[])
+    # the client claims a trusted address; the proxy saw loopback, which is not trusted
+    assert (await get("203.0.113.5, 127.0.0.1")).code == 403
+    # the client claims China; the proxy saw a trusted address
+    assert (await get("1.2.4.8, 203.0.113.5")).code == 200
+
+
+def test_the_spawner_passes_the_owners_trusted_addresses():
+    policy = NetworkPolicy(enforce_trusted_networks=True, trusted_proxies=["10.0.0.0/24"])
+    access = {
+        "project": {"category": "training", "status": "approved"},
+        "trusted_networks": TRUSTED,
+    }
+    authenticator = SimpleNamespace(network=policy, last_access={"trainee": access})
+    spawner = SimpleNamespace(user=SimpleNamespace(name="trainee"), authenticator=authenticator)
+    env = {
+        key: value(spawner) if callable(value) else value
+        for key, value in server_guard.environment(policy).items()
+    }
+    assert env["AIPOWER_TRUSTED_NETWORKS_APPLY"] == "1"
+    assert env["AIPOWER_TRUSTED_NETWORKS"] == "203.0.113.0/28,2001:db8:42::/48"
+    assert env["AIPOWER_TRUSTED_PROXIES"] == "10.0.0.0/24"
+    assert env["AIPOWER_BANNED_COUNTRIES"] == "CN,HK,MO"
+    access["project"]["category"] = "inference"
+    assert server_guard.environment(policy)["AIPOWER_TRUSTED_NETWORKS_APPLY"](spawner) == "0"
+    assert server_guard.server_args() == [
+        "--ServerApp.jpserver_extensions=authenticator.server_guard=True"
+    ]
+
+
+def test_the_extension_reads_its_environment(monkeypatch):
+    monkeypatch.setenv("AIPOWER_TRUSTED_NETWORKS_APPLY", "1")
+    monkeypatch.setenv("AIPOWER_TRUSTED_NETWORKS", "203.0.113.0/28")
+    NetworkPolicy.clear_instance()
+    app = Application([(r"/.*", Lab)])
+    logged = []
+    serverapp = SimpleNamespace(web_app=app, log=SimpleNamespace(info=lambda *a: logged.append(a)))
+    try:
+        server_guard._load_jupyter_server_extension(serverapp)
+    finally:
+        NetworkPolicy.clear_instance()
+    assert app.find_handler.__name__ == "guarded"
+    assert "203.0.113.0/28" in logged[0]
+    assert server_guard._jupyter_server_extension_points() == [
+        {"module": "authenticator.server_guard"}
+    ]
