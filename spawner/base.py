@@ -3,7 +3,8 @@
 A flavour mixes ``GPUSpawnerMixin`` in front of a JupyterHub spawner class and, where it
 places devices itself, overrides ``claim_devices``/``release_devices``. The sequence of a
 start is: ask the quota service what the person may do → check the user options →
-claim devices → open a metered session → start the server. Any refusal raises a
+claim devices → prepare the server (``prepare_server``: what it really gets is what is
+metered) → open a metered session → start the server. Any refusal raises a
 ``SpawnException`` before anything runs or is charged.
 """
 
@@ -78,14 +79,18 @@ class GPUSpawnerMixin(LoggingConfigurable):
         limit = int(project.get("max_gpus_per_server") or 0)
         vendors = []
         for vendor in Vendor:
-            free, total, simulated = self.device_availability(vendor)
-            tag = " · 模擬 simulated" if simulated else ""
+            availability = self.device_availability(vendor)
+            shown = ""
+            if availability is not None:
+                free, total, simulated = availability
+                tag = " · 模擬 simulated" if simulated else ""
+                shown = f" — 可用 free {free}/{total}{tag}"
             checked = " checked" if vendor is Vendor.NVIDIA else ""
             vendors.append(
                 f'<div class="form-check"><input class="form-check-input" type="radio" '
                 f'name="gpu_vendor" id="gpu-vendor-{vendor.value}" value="{vendor.value}"{checked}>'
                 f'<label class="form-check-label" for="gpu-vendor-{vendor.value}">'
-                f"{vendor.label} ({vendor.stack} 映像 image) — 可用 free {free}/{total}{tag}</label></div>"
+                f"{vendor.label} ({vendor.stack} 映像 image){shown}</label></div>"
             )
         counts = "".join(f'<option value="{n}">{n}</option>' for n in range(1, limit + 1))
         name = html.escape(str(project.get("name", "")))
@@ -112,9 +117,10 @@ class GPUSpawnerMixin(LoggingConfigurable):
     def options_from_form(self, formdata):
         return options_from_form(formdata)
 
-    def device_availability(self, vendor: Vendor) -> tuple[int, int, bool]:
-        """(free, total, simulated) for the form; flavours that place devices override."""
-        return (0, 0, False)
+    def device_availability(self, vendor: Vendor) -> tuple[int, int, bool] | None:
+        """(free, total, simulated) for the form; None where the flavour does not place
+        devices itself (on Kubernetes the device plugin does), so the form shows no count."""
+        return None
 
     # ---- refusals ------------------------------------------------------------------
 
@@ -167,6 +173,12 @@ class GPUSpawnerMixin(LoggingConfigurable):
     def restore_devices(self, keys: list[str]) -> list[Device]:
         return []
 
+    async def prepare_server(self, request: GPURequest) -> GPURequest:
+        """Set the server up for ``request`` before its session opens, and return what it
+        will really get: that is what gets metered. Flavours that build the server from a
+        manifest (Kubernetes) override this and may refuse through ``refuse()``."""
+        return request
+
     # ---- start and stop --------------------------------------------------------------
 
     async def start(self):
@@ -195,6 +207,11 @@ class GPUSpawnerMixin(LoggingConfigurable):
                 reason="gpus-busy",
                 status_code=409,
             )
+        try:
+            request = await self.prepare_server(request)
+        except BaseException:
+            self.release_devices()
+            raise
         try:
             session = await self.quota.open_session(
                 username=self.user.name,
