@@ -95,3 +95,28 @@ def patch_kubespawner(monkeypatch) -> FakeCoreV1Api:
     monkeypatch.setattr(ks.KubeSpawner, "_start_watching_pods", watching)
     monkeypatch.setattr(ks.KubeSpawner, "reflectors", {})
     return api
+
+
+class FakeQuota:
+    """The quota service's answers for one approved project (id 7, 2 GPUs per server)."""
+
+    def __init__(self, project_id: int = 7, max_gpus: int = 2):
+        self.project = {
+            "id": project_id,
+            "name": "示範智能 L1",
+            "balance_points": "1000",
+            "max_gpus_per_server": max_gpus,
+        }
+        self.opened: list[dict] = []
+        self.closed: list[tuple] = []
+
+    async def access(self, username):
+        return {"may_spawn": True, "groups": ["gpu-users"], "project": self.project}
+
+    async def open_session(self, **request):
+        self.opened.append(request)
+        return {"session_id": len(self.opened)}
+
+    async def close_session(self, session_id, *, reason="", void=False):
+        self.closed.append((session_id, reason, void))
+        return {"charged_seconds": 0}

@@ -18,7 +18,7 @@ import pytest
 from traitlets.config import Config
 
 from spawner.kube import KubeGPUSpawner, KubeHomePurger
-from tests.kube_offline import as_dict, patch_kubespawner, validate
+from tests.kube_offline import FakeQuota, as_dict, patch_kubespawner, validate
 
 try:  # JupyterHub 6 refuses with SpawnException, 5.5 with tornado's HTTPError
     from jupyterhub.spawner import SpawnException as Refused
@@ -47,31 +47,6 @@ Z2JH_TOLERATIONS = [
 ]
 NVIDIA_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
 AMD_TOLERATION = {"key": "amd.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
-
-
-class FakeQuota:
-    """The quota service's answers for one approved project (id 7, 2 GPUs per server)."""
-
-    def __init__(self, project_id: int = 7, max_gpus: int = 2):
-        self.project = {
-            "id": project_id,
-            "name": "示範智能 L1",
-            "balance_points": "1000",
-            "max_gpus_per_server": max_gpus,
-        }
-        self.opened: list[dict] = []
-        self.closed: list[tuple] = []
-
-    async def access(self, username):
-        return {"may_spawn": True, "groups": ["gpu-users"], "project": self.project}
-
-    async def open_session(self, **request):
-        self.opened.append(request)
-        return {"session_id": len(self.opened)}
-
-    async def close_session(self, session_id, *, reason="", void=False):
-        self.closed.append((session_id, reason, void))
-        return {"charged_seconds": 0}
 
 
 def z2jh_config(**kube) -> Config:
