@@ -8,7 +8,8 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
-from .models import Account, Membership, Project, ProjectStatus
+from . import awards
+from .models import Account, Category, Membership, Project, ProjectStatus
 
 OPERATORS_GROUP = "operators"
 REVIEWERS_GROUP = "reviewers"
@@ -142,8 +143,9 @@ def is_member(db: Session, project_id: int, username: str) -> bool:
     )
 
 
-def trusted_networks_of(project: Project | None) -> list[str]:
-    """The project's trusted fixed addresses (CIDR strings) that its training members must
-    connect from; the hub enforces them (``quota_service.network``). None are stored yet:
-    they come with the award flow."""
-    return []
+def trusted_networks_of(db: Session, project: Project | None) -> list[str]:
+    """The trusted fixed addresses (CIDR strings) that a training project's members must
+    connect from, as recorded with its award; the hub enforces them (``network``)."""
+    if project is None or project.category != Category.TRAINING:
+        return []
+    return awards.trusted_networks(db, project.id)

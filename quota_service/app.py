@@ -24,8 +24,8 @@ from tornado.web import Application as WebApplication
 from traitlets import Bool, Integer, List, Unicode, default, validate
 from traitlets.config import Application
 
+from . import applications, handlers, lifecycle, metering, notifications
 from . import db as database
-from . import handlers, lifecycle, metering, notifications
 from .hub_api import HubAPI
 from .metrics import ServiceMetrics
 from .timewindow import utcnow
@@ -328,10 +328,13 @@ class QuotaService(Application):
         )
 
     def housekeep_once(self) -> None:
-        """End-of-window jobs: close ended projects, purge storage, expire old audit rows."""
+        """Jobs of the calendar: close ended projects, withdraw applications whose supplement
+        deadline passed, purge storage, expire old audit rows."""
         now = utcnow()
         with database.transaction(self.session_factory) as db:
             lifecycle.close_ended_windows(db, now=now)
+        with database.transaction(self.session_factory) as db:
+            applications.expire_supplements(db, now=now)
         if self.homes_dir:
             with database.transaction(self.session_factory) as db:
                 lifecycle.purge_closed_projects(

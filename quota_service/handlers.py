@@ -287,7 +287,7 @@ class AccessAPI(InternalAPIHandler):
                         db, project, self.service.low_balance_percents
                     ),
                     "notice": reports.last_stop_notice(db, username),
-                    "trusted_networks": access.trusted_networks_of(project),
+                    "trusted_networks": access.trusted_networks_of(db, project),
                 }
             )
 

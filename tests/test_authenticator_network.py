@@ -11,7 +11,6 @@ from tornado import web
 from tornado.httputil import HTTPHeaders, HTTPServerRequest, RequestStartLine
 
 from authenticator import AIPowerAuthenticator
-from quota_service import access as access_module
 from quota_service.network import NetworkPolicy
 
 TRUSTED = ["203.0.113.0/28", "2001:db8:42::/48"]
@@ -151,8 +150,3 @@ async def test_an_outage_keeps_the_trusted_addresses_last_known(authenticator, m
     assert await authenticator.refresh_user(User(), handler("198.51.100.4, 127.0.0.1"))
     with pytest.raises(web.HTTPError):
         await authenticator.refresh_user(User(), handler("203.0.113.1, 127.0.0.1"))
-
-
-def test_the_access_answer_carries_the_projects_trusted_addresses():
-    # stored with the award flow; none are stored yet, so the seam says so
-    assert access_module.trusted_networks_of(None) == []

@@ -86,6 +86,8 @@ def test_training_award(db, world):
         "198.51.100.0/24",
         "2001:db8::/48",
     ]
+    # what the hub is told to enforce for this project's members
+    assert access.trusted_networks_of(db, project) == awards.trusted_networks(db, project.id)
     members = {
         (m.account.email.lower(), m.role)
         for m in db.scalars(select(Membership).where(Membership.project_id == project.id))
