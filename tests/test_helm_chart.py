@@ -360,3 +360,31 @@ async def test_pods_from_the_example_values_nvidia_2_amd_1_nvidia_1(hub_env, mon
     assert claim["spec"]["storageClassName"] == "cephfs"
     assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
     assert os.environ["AIPOWER_HUB_DB_URL"]  # the hub's environment was in place
+
+
+def test_every_hub_setting_names_a_real_option_of_this_jupyterhub(hub_env):
+    """Run on JupyterHub 6 (.venv) and 5.5 (.venv-jh5): nothing the chart's hub
+    configuration sets is unknown to the classes that read it."""
+    from jupyterhub.app import JupyterHub
+    from jupyterhub.spawner import Spawner
+    from kubespawner import KubeSpawner
+
+    from authenticator import AIPowerAuthenticator
+    from quota_service.client import QuotaServiceClient
+
+    c, _ = z2jh_hub_config(jupyterhub_values(chart_values(EXAMPLE)))
+    classes = {
+        cls.__name__: cls
+        for cls in (
+            JupyterHub,
+            Spawner,
+            KubeSpawner,
+            KubeGPUSpawner,
+            AIPowerAuthenticator,
+            QuotaServiceClient,
+        )
+    }
+    assert set(c) <= set(classes)
+    for section, settings in c.items():
+        unknown = set(settings) - set(classes[section].class_trait_names(config=True))
+        assert unknown == set(), f"{section}: {unknown}"
