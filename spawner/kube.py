@@ -42,10 +42,12 @@ from kubespawner import KubeSpawner
 from kubespawner.slugs import is_valid_label, safe_slug
 from traitlets import Dict, Unicode, default
 
+from quota_service.client import QuotaServiceClient
 from quota_service.lifecycle import Deleted
 
 from .base import GPUSpawnerMixin
 from .gpu import Vendor
+from .notebook import notebook_environment
 from .options import GPURequest
 
 DEFAULT_GPU_PROFILES = {
@@ -142,6 +144,20 @@ class KubeGPUSpawner(GPUSpawnerMixin, KubeSpawner):
         "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect":
         "NoSchedule"}], "supplemental_gids": []}, "amd": {...}}. The image is the mixin's
         `images[vendor]`. Every key of one vendor is removed from the other's pods.""",
+    ).tag(config=True)
+
+    notebook_package_dir = Unicode(
+        "/usr/local/lib/python3.12/site-packages/spawner/notebook",
+        help="""Where ``spawner.notebook`` (the balance in JupyterLab's status bar) lies in
+        the notebook images, e.g. the default, which is where images/cuda and images/rocm
+        install it.""",
+    ).tag(config=True)
+
+    notebook_quota_url = Unicode(
+        "",
+        help="""The quota service as the servers reach it, e.g.
+        "http://aipower-quota:10101/services/quota"; empty: where the hub reaches it
+        (``QuotaServiceClient.url``).""",
     ).tag(config=True)
 
     @default("pvc_name_template")
@@ -285,6 +301,10 @@ class KubeGPUSpawner(GPUSpawnerMixin, KubeSpawner):
             env["AIPOWER_GPU_VENDOR"] = self.gpu_request.vendor.value
             env["AIPOWER_GPU_COUNT"] = str(self.gpu_request.count)
             env["AIPOWER_NOTEBOOK_IMAGE"] = self.image
+        # the project's balance in JupyterLab's status bar (spawner/notebook), from the copy of
+        # this package in the image
+        quota_url = self.notebook_quota_url or QuotaServiceClient.instance(parent=self).url
+        env.update(notebook_environment(quota_url, package_dir=self.notebook_package_dir, base=env))
         return env
 
 

@@ -50,6 +50,7 @@ OUR_OBJECTS = {
     ("Role", "aipower-quota-purge"),
     ("RoleBinding", "aipower-quota-purge"),
     ("NetworkPolicy", "aipower-quota"),
+    ("NetworkPolicy", "aipower-singleuser-to-quota"),
 }
 
 
@@ -225,6 +226,7 @@ def test_the_quota_network_policy_follows_the_values(chart):
     assert [p["podSelector"]["matchLabels"]["component"] for p in ingress["from"]] == [
         "hub",
         "proxy",
+        "singleuser-server",
     ]
     egress = {
         json.dumps(rule.get("to", []), sort_keys=True): rule["ports"] for rule in policy["egress"]
@@ -232,8 +234,15 @@ def test_the_quota_network_policy_follows_the_values(chart):
     assert egress['[{"ipBlock": {"cidr": "10.20.0.5/32"}}]'] == [{"port": 5432}]
     assert egress['[{"ipBlock": {"cidr": "10.10.0.0/24"}}]'] == [{"port": 6443}]
     assert egress['[{"ipBlock": {"cidr": "10.20.0.25/32"}}]'] == [{"port": 587}]
+    servers = render(chart, EXAMPLE)[("NetworkPolicy", "aipower-singleuser-to-quota")]["spec"]
+    assert servers["podSelector"]["matchLabels"] == {
+        "component": "singleuser-server",
+        "release": "aipower",
+    }
+    assert servers["egress"][0]["ports"] == [{"port": 10101}]
     without = render(chart, {"networkPolicy": {"enabled": False}, "quota": {"storagePurge": False}})
     assert ("NetworkPolicy", "aipower-quota") not in without
+    assert ("NetworkPolicy", "aipower-singleuser-to-quota") not in without
     assert ("Role", "aipower-quota-purge") not in without
 
 
@@ -284,7 +293,9 @@ def embedded_default_config(tmp_path, monkeypatch):
     return c
 
 
-def test_the_hub_loads_our_authenticator_spawner_roles_and_services(hub_env, tmp_path, monkeypatch):
+def test_the_hub_loads_our_authenticator_spawner_roles_and_services(
+    chart, hub_env, tmp_path, monkeypatch
+):
     c, printed = z2jh_hub_config(jupyterhub_values(chart_values(EXAMPLE)))
     assert c.JupyterHub.authenticator_class == "authenticator.AIPowerAuthenticator"
     assert c.JupyterHub.spawner_class == "spawner.kube.KubeGPUSpawner"
@@ -302,6 +313,27 @@ def test_the_hub_loads_our_authenticator_spawner_roles_and_services(hub_env, tmp
         "amd": "registry.aipower.example.tw/aipower/rocm-notebook:2026.11",
     }
     assert c.KubeGPUSpawner.gpu_profiles["amd"]["supplemental_gids"] == [44, 109]
+    assert c.KubeGPUSpawner.notebook_quota_url == c.QuotaServiceClient.url
+
+    # the network rules of use: the hub's, the servers' (an extension the spawner turns
+    # on, with the same variables) and the quota service's are one policy
+    from authenticator import server_guard
+    from quota_service.network import NetworkPolicy
+    from spawner.notebook import server_token_scopes
+
+    policy = NetworkPolicy(config=c)
+    assert (policy.proxy_networks, policy.trusted_proxies) == (["10.42.0.0/16"], ["10.42.0.0/16"])
+    assert policy.enforce_trusted_networks is True
+    assert c.KubeSpawner.args.get_value([]) == server_guard.server_args()
+    server_env = c.KubeSpawner.environment
+    assert {k: v for k, v in server_env.items() if not callable(v)} == policy.environment()
+    assert callable(server_env[server_guard.APPLY]) and callable(server_env[server_guard.TRUSTED])
+    assert c.Spawner.server_token_scopes == server_token_scopes("quota")
+    (container,) = render(chart, EXAMPLE)[("Deployment", "aipower-quota")]["spec"]["template"][
+        "spec"
+    ]["containers"]
+    quota_env = {e["name"]: e.get("value") for e in container["env"]}
+    assert {k: quota_env[k] for k in policy.environment()} == policy.environment()
 
     # the same roles and scopes as the embedded default, where the services exist here
     default = embedded_default_config(tmp_path, monkeypatch)
@@ -353,6 +385,11 @@ async def test_pods_from_the_example_values_nvidia_2_amd_1_nvidia_1(hub_env, mon
         # singleuser.cpu.guarantee 4 and memory.limit 128G (traitlets: 128 GiB)
         assert (notebook["resources"]["requests"]["cpu"], limits["memory"]) == (4, 128 * 2**30)
         assert spec["volumes"][0]["persistentVolumeClaim"]["claimName"] == "aipower-home-trainee"
+        env = {e["name"]: e.get("value") for e in notebook["env"]}
+        assert env["AIPOWER_PROXY_NETWORKS"] == "10.42.0.0/16"
+        assert env["AIPOWER_TRUSTED_NETWORKS_APPLY"] in ("0", "1")
+        assert env["AIPOWER_QUOTA_URL"] == "http://aipower-quota:10101/services/quota"
+        assert "--ServerApp.jpserver_extensions=authenticator.server_guard=True" in notebook["args"]
         assert quota.opened[-1]["gpu_count"] == count
         await spawner.stop()
     (claim,) = api.created_claims
@@ -371,6 +408,7 @@ def test_every_hub_setting_names_a_real_option_of_this_jupyterhub(hub_env):
 
     from authenticator import AIPowerAuthenticator
     from quota_service.client import QuotaServiceClient
+    from quota_service.network import NetworkPolicy
 
     c, _ = z2jh_hub_config(jupyterhub_values(chart_values(EXAMPLE)))
     classes = {
@@ -382,6 +420,7 @@ def test_every_hub_setting_names_a_real_option_of_this_jupyterhub(hub_env):
             KubeGPUSpawner,
             AIPowerAuthenticator,
             QuotaServiceClient,
+            NetworkPolicy,
         )
     }
     assert set(c) <= set(classes)

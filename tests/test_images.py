@@ -163,3 +163,22 @@ def test_the_chart_runs_the_images_of_this_release():
     assert gpus["nvidia"]["image"]["name"].endswith("/cuda-notebook")
     assert gpus["amd"]["image"]["name"].endswith("/rocm-notebook")
     assert jupyterhub["singleuser"]["image"] == gpus["nvidia"]["image"]
+
+
+@pytest.mark.parametrize("name", ["cuda", "rocm"])
+def test_notebook_images_hold_our_server_extensions_where_the_spawner_looks(name):
+    from spawner.kube import KubeGPUSpawner
+
+    steps = instructions(DOCKERFILES[name])
+    (base,) = [a for i, a in steps if i == "FROM"]
+    python = re.fullmatch(r"python:(\d+\.\d+)-slim-\w+", base).group(1)
+    expected = f"/usr/local/lib/python{python}/site-packages/spawner/notebook"
+    assert KubeGPUSpawner.notebook_package_dir.default_value == expected
+    installs = [a for i, a in steps if i == "RUN" and "/tmp/notebook/src" in a]
+    assert (
+        len(installs) == 1 and "import authenticator.server_guard, spawner.notebook" in installs[0]
+    )
+    # what the package data must carry for JupyterLab to find the prebuilt extension
+    package = REPO / "spawner" / "notebook"
+    assert (package / "etc/jupyter/jupyter_server_config.d/aipower_hub_usage.json").is_file()
+    assert (package / "share/jupyter/labextensions/aipower-hub-usage/package.json").is_file()

@@ -72,6 +72,7 @@ def z2jh_config(**kube) -> Config:
         "volume-{user_server}": {"mountPath": "/home/jovyan", "name": "volume-{user_server}"}
     }
     c.KubeGPUSpawner.images = dict(IMAGES)
+    c.KubeGPUSpawner.notebook_quota_url = "http://aipower-quota:10101/services/quota/"
     for name, value in kube.items():
         setattr(c.KubeGPUSpawner, name, value)
     return c
@@ -141,6 +142,11 @@ async def test_nvidia_2_then_amd_1_then_nvidia_1_on_one_spawner(api):
         assert notebook(pod)["image"] == IMAGES[vendor]
         env = {e["name"]: e.get("value") for e in notebook(pod)["env"]}
         assert (env["AIPOWER_GPU_VENDOR"], env["AIPOWER_GPU_COUNT"]) == (vendor, str(count))
+        # the balance in JupyterLab: spawner.notebook as the notebook images install it
+        in_image = "/usr/local/lib/python3.12/site-packages/spawner/notebook"
+        assert env["JUPYTER_PATH"] == f"{in_image}/share/jupyter"
+        assert env["JUPYTER_CONFIG_PATH"] == f"{in_image}/etc/jupyter"
+        assert env["AIPOWER_QUOTA_URL"] == "http://aipower-quota:10101/services/quota"
         # metered as the pod carries it, with no device list: the device plugin places GPUs
         opened = quota.opened[-1]
         assert (opened["gpu_vendor"], opened["gpu_count"], opened["devices"]) == (vendor, count, [])
