@@ -164,6 +164,10 @@ def test_every_value_of_ours_is_documented_in_the_schema():
     ]
     assert len(mine) > 30
     assert [path for path in mine if not described(path)] == []
+    # and listed in the deployment guide's table
+    guide = (REPO / "docs" / "deploy-kubernetes.md").read_text()
+    leaves_of_schema = [path for path, node in ours if "properties" not in node]
+    assert [path for path in leaves_of_schema if f"| `{path}` |" not in guide] == []
 
 
 def test_tokens_given_are_used_and_otherwise_generated(chart):
