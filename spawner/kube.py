@@ -283,6 +283,8 @@ class KubeGPUSpawner(GPUSpawnerMixin, KubeSpawner):
             )
         return carried
 
+    _creating_pod = False
+
     async def _make_create_pod_request(self, pod, request_timeout):
         # the last look before the pod exists: it must carry what the session meters
         try:
@@ -293,7 +295,18 @@ class KubeGPUSpawner(GPUSpawnerMixin, KubeSpawner):
             raise RuntimeError(
                 f"pod GPUs {carried} differ from the metered {self.gpu_request}: not created"
             )
-        return await super()._make_create_pod_request(pod, request_timeout)
+        self._creating_pod = True
+        try:
+            return await super()._make_create_pod_request(pod, request_timeout)
+        finally:
+            self._creating_pod = False
+
+    async def stop(self, now=False):
+        if self._creating_pod:
+            # KubeSpawner deletes a stale pod of the same name (409) before creating this
+            # start's: that is no stop of the server being metered, whose session stays open
+            return await KubeSpawner.stop(self, now=now)
+        return await super().stop(now=now)
 
     def get_env(self):
         env = super().get_env()

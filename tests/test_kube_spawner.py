@@ -263,6 +263,20 @@ async def test_a_pod_that_changed_after_metering_is_never_created(api):
     assert quota.closed == [(1, "start failed", True)]  # voided: nothing charged
 
 
+async def test_a_stale_pod_of_the_same_name_is_replaced_and_the_new_one_stays_metered(api):
+    quota = FakeQuota()
+    spawner = make_spawner(quota)
+    # left over from before a hub restart, say: the same name, still there
+    api.reflector.pods[f"{NAMESPACE}/{spawner.pod_name}"] = {"metadata": {"name": "stale"}}
+    await start(spawner, "nvidia", 1)
+    assert len(api.created_pods) == 1 and gpu_keys(api.created_pods[0]) == {"nvidia.com/gpu": "1"}
+    assert (
+        quota.closed == [] and spawner.session_id == 1
+    )  # KubeSpawner's stop(True) of the stale pod
+    await spawner.stop()
+    assert quota.closed == [(1, "", False)]
+
+
 async def test_refusals_are_the_shared_ones(api):
     quota = FakeQuota(max_gpus=2)
     spawner = make_spawner(quota)
