@@ -123,6 +123,19 @@ def test_the_images_pin_the_jupyterhub_that_the_hub_runs():
     )
 
 
+def test_the_notebook_images_differ_only_in_pytorch():
+    """Two Dockerfiles (a vendor each) share everything after their PyTorch layer: kept
+    identical here, so that a change to one cannot miss the other."""
+
+    def after_torch(name):
+        steps = instructions(DOCKERFILES[name])
+        (torch,) = [n for n, (i, a) in enumerate(steps) if i == "RUN" and "torch==" in a]
+        return steps[torch + 1 :]
+
+    assert after_torch("cuda") == after_torch("rocm")
+    assert len(after_torch("cuda")) >= 10
+
+
 def test_both_notebook_images_pin_the_same_stack():
     for name in ("TORCH_VERSION", "JUPYTERHUB_VERSION"):
         assert arg(DOCKERFILES["cuda"], name) == arg(DOCKERFILES["rocm"], name)
