@@ -91,6 +91,8 @@ def test_renders_lints_and_every_object_passes_the_kubernetes_schema(chart, case
 
 
 def test_the_dependency_missing_is_the_only_lint_finding_without_the_stand_in():
+    if (CHART / "charts").exists():
+        pytest.skip("the jupyterhub dependency was fetched into helm/aipower-hub/charts")
     report = helm_python.lint(CHART, strict=True)
     assert report["errors"] == ["chart directory is missing these dependencies: jupyterhub"]
 

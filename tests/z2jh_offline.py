@@ -69,7 +69,8 @@ def z2jh_schema() -> dict:
 
 def chart_with_stub_dependency(directory: Path) -> Path:
     chart = directory / "aipower-hub"
-    shutil.copytree(CHART, chart)
+    # without a real dependency that `helm dependency build` may have fetched here
+    shutil.copytree(CHART, chart, ignore=shutil.ignore_patterns("charts", "Chart.lock"))
     stub = chart / "charts" / "jupyterhub"
     stub.mkdir(parents=True)
     (stub / "Chart.yaml").write_text(
