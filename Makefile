@@ -34,6 +34,7 @@ test: $(VENV)/.installed $(JH5)/.installed $(CHP)
 	$(BIN)/python -m pytest -q -ra
 	@echo "--- the end-to-end suite again, on JupyterHub 5.5 ---"
 	AIPOWER_TEST_BACKENDS=sqlite $(JH5)/bin/python -m pytest -q -ra tests/test_e2e.py -k sqlite
+	$(JH5)/bin/python -m pytest -q -ra tests/test_kube_spawner.py tests/test_helm_chart.py tests/test_images.py
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

@@ -96,6 +96,9 @@ def prepare(args) -> dict[str, str]:
                 state / "hub_agent_token", lambda: secrets.token_hex(32)
             ),
             "JUPYTERHUB_CRYPT_KEY": secret_file(state / "crypt_key", lambda: secrets.token_hex(32)),
+            "AIPOWER_QUOTA_COOKIE_SECRET": secret_file(
+                state / "quota_cookie_secret", lambda: secrets.token_hex(32)
+            ),
             "PYTHONPATH": str(HERE.parent),
         }
     )

@@ -70,7 +70,12 @@ service_env = {
 service_env.update(
     {name: value for name, value in os.environ.items() if name.startswith("AIPOWER_SMTP_")}
 )
-for name in ("AIPOWER_NOTICE_INTERVAL", "AIPOWER_MAIL_FROM", "AIPOWER_CLOSING_MAX_MB"):
+for name in (
+    "AIPOWER_NOTICE_INTERVAL",
+    "AIPOWER_MAIL_FROM",
+    "AIPOWER_CLOSING_MAX_MB",
+    "AIPOWER_QUOTA_COOKIE_SECRET",
+):
     if env(name):
         service_env[name] = env(name)
 c.JupyterHub.services = [

@@ -21,7 +21,7 @@ from jupyterhub.services.auth import HubOAuth, HubOAuthCallbackHandler
 from tornado.httpserver import HTTPServer
 from tornado.ioloop import PeriodicCallback
 from tornado.web import Application as WebApplication
-from traitlets import Bool, Integer, List, Unicode, default, validate
+from traitlets import Bool, Bytes, Integer, List, Unicode, default, validate
 from traitlets.config import Application
 
 from . import applications, handlers, lifecycle, metering, notifications
@@ -233,6 +233,17 @@ class QuotaService(Application):
         """The largest request body: two files of the largest size and the form fields."""
         return (2 * self.closing_max_file_mb + 1) * 1024 * 1024
 
+    cookie_secret = Bytes(
+        help="""Secret that signs the service's cookies (hex in the environment), kept across
+        restarts so that people stay signed in to its pages, e.g. the output of
+        ``openssl rand -hex 32``. Env: AIPOWER_QUOTA_COOKIE_SECRET. Default: random per start.""",
+    ).tag(config=True)
+
+    @default("cookie_secret")
+    def _default_cookie_secret(self):
+        secret = os.environ.get("AIPOWER_QUOTA_COOKIE_SECRET", "")
+        return bytes.fromhex(secret) if secret else os.urandom(32)
+
     admin_scope = Unicode(
         "custom:aipower:admin",
         help="JupyterHub scope that opens the service's admin pages (operators' role).",
@@ -276,7 +287,7 @@ class QuotaService(Application):
         return WebApplication(
             [(prefix + path, handler) for path, handler in handlers.routes()]
             + [(prefix + "oauth_callback", HubOAuthCallbackHandler)],
-            cookie_secret=os.urandom(32),
+            cookie_secret=self.cookie_secret,
             **settings,
         )
 

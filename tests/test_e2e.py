@@ -412,11 +412,16 @@ def test_a_server_running_when_the_hub_stops_is_not_charged_for_the_downtime(sta
     )
     wait_ready(api, stack, "restarter")
     time.sleep(2 * INTERVAL + 1)  # seen running by at least one metering pass
+    operator = stack.sign_in("operator")
+    assert operator.get(stack.url("/services/quota/admin"), timeout=30).status_code == 200
     down_at = utcnow()
     # JupyterHub stops its services before the servers, so this stop cannot be reported
     stack.stop()
     time.sleep(4 * INTERVAL)
     stack.start()
+    # the service's cookie secret is kept in the state folder: still signed in to its pages
+    still = operator.get(stack.url("/services/quota/admin"), allow_redirects=False, timeout=30)
+    assert still.status_code == 200
     session = wait_for(
         lambda: (s := quota_db.sessions("restarter")[-1]).stopped_at is not None and s,
         30,
