@@ -170,6 +170,16 @@ class QuotaService(Application):
     def _default_homes_dir(self):
         return os.environ.get("AIPOWER_HOMES_DIR", "")
 
+    volumes_namespace = Unicode(
+        help="""Kubernetes namespace whose per-person home volumes the end-of-window purge
+        deletes (the chart sets POD_NAMESPACE), e.g. aipower; takes precedence over
+        homes_dir. Env: AIPOWER_VOLUMES_NAMESPACE, else POD_NAMESPACE.""",
+    ).tag(config=True)
+
+    @default("volumes_namespace")
+    def _default_volumes_namespace(self):
+        return os.environ.get("AIPOWER_VOLUMES_NAMESPACE") or os.environ.get("POD_NAMESPACE", "")
+
     purge_grace_days = Integer(
         0,
         help="""Days after the window ends before storage is purged, e.g. 0 (the guideline:
@@ -338,6 +348,16 @@ class QuotaService(Application):
             notifications.deliver, self.session_factory, self.mailer, now=now
         )
 
+    def storage_purger(self) -> lifecycle.StoragePurger | None:
+        """The people's volumes on Kubernetes, else their home folders on this machine."""
+        if self.volumes_namespace:
+            from spawner.kube import KubeHomePurger
+
+            return KubeHomePurger(self.volumes_namespace)
+        if self.homes_dir:
+            return lifecycle.LocalHomesPurger(Path(self.homes_dir))
+        return None
+
     def housekeep_once(self) -> None:
         """Jobs of the calendar: close ended projects, withdraw applications whose supplement
         deadline passed, purge storage, expire old audit rows."""
@@ -346,13 +366,11 @@ class QuotaService(Application):
             lifecycle.close_ended_windows(db, now=now)
         with database.transaction(self.session_factory) as db:
             applications.expire_supplements(db, now=now)
-        if self.homes_dir:
+        purger = self.storage_purger()
+        if purger is not None:
             with database.transaction(self.session_factory) as db:
                 lifecycle.purge_closed_projects(
-                    db,
-                    lifecycle.LocalHomesPurger(Path(self.homes_dir)),
-                    now=now,
-                    grace=timedelta(days=self.purge_grace_days),
+                    db, purger, now=now, grace=timedelta(days=self.purge_grace_days)
                 )
         with database.transaction(self.session_factory) as db:
             lifecycle.expire_audit_events(
