@@ -420,13 +420,14 @@ def adopt_unmetered(
     the only lock it holds. A server is covered when any session of it (open or closed)
     began at or after the hub's start of it; only uncovered ones are adopted, charged from
     the hub's start."""
-    open_keys = set(
-        db.execute(
+    open_keys = {
+        (username, server_name)
+        for username, server_name in db.execute(
             select(UsageSession.username, UsageSession.server_name).where(
                 UsageSession.stopped_at.is_(None)
             )
-        ).tuples()
-    )
+        )
+    }
     candidates = {
         key: server
         for key, server in running.items()
