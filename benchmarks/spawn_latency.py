@@ -22,7 +22,6 @@ import argparse
 import os
 import platform
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -38,7 +37,7 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.stack import Stack, free_port  # noqa: E402
+from tests.stack import Stack, end_process, free_port, log_tail  # noqa: E402
 
 USERNAME = "trainee"
 USER_OPTIONS = {"gpu_vendor": "nvidia", "gpu_count": 1}
@@ -145,18 +144,10 @@ class StockHub:
         raise TimeoutError(f"stock hub did not come up:\n{self.log()}")
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(45)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(10)
-        if getattr(self, "_log", None):
-            self._log.close()
+        end_process(self.process, getattr(self, "_log", None))
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-20000:] if self.log_path.exists() else ""
+        return log_tail(self.log_path)
 
     def xsrf(self, browser: requests.Session) -> str:
         return next(c.value for c in browser.cookies if c.name == "_xsrf" and c.path == "/hub/")

@@ -26,6 +26,23 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def log_tail(path: Path) -> str:
+    return path.read_text(errors="replace")[-20000:] if path.exists() else ""
+
+
+def end_process(process: subprocess.Popen | None, log_file=None) -> None:
+    """SIGTERM, then SIGKILL to its process group after 45 s; close its log file."""
+    if process and process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(45)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(10)
+    if log_file is not None:
+        log_file.close()
+
+
 @dataclass
 class Stack:
     """``python -m hub_config.demo`` on private ports and a private state folder."""
@@ -87,18 +104,10 @@ class Stack:
         raise TimeoutError(f"the stack did not come up:\n{self.log()}")
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-20000:] if self.log_path.exists() else ""
+        return log_tail(self.log_path)
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(45)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(10)
-        if getattr(self, "_log", None):
-            self._log.close()
+        end_process(self.process, getattr(self, "_log", None))
 
     # ---- a person in a browser-less session -------------------------------------------
 
