@@ -19,11 +19,13 @@ from sqlalchemy import select
 
 from quota_service.gpu_idle import GPU_IDLE
 from quota_service.models import AuditEvent
+from tests import test_e2e
 from tests.platform import QuotaDB, wait_for
 from tests.stack import Stack
 from tests.test_e2e import start, wait_gone, wait_ready
 
 pytestmark = pytest.mark.e2e
+quota_db = test_e2e.quota_db  # the fixture, on this module's stack
 INTERVAL = 2
 WARN_AFTER, STOP_AFTER = 4, 8
 IDLE_SAMPLE = Path(__file__).parent / "data" / "nvidia-smi_utilization_idle_8xH100.csv"
@@ -57,15 +59,8 @@ def stack(request, tmp_path_factory):
     platform.stop()
 
 
-@pytest.fixture(scope="module")
-def quota_db(stack):
-    db = QuotaDB(stack.quota_db_url)
-    yield db
-    db.close()
-
-
-def audit_rows(quota_db: QuotaDB, session_id: int) -> list[AuditEvent]:
-    with quota_db.factory() as db:
+def audit_rows(database: QuotaDB, session_id: int) -> list[AuditEvent]:
+    with database.factory() as db:
         return list(
             db.scalars(
                 select(AuditEvent)
