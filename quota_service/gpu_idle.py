@@ -390,6 +390,9 @@ class PrometheusSource(_PerVendorSource):
             return []
         if self.namespace:
             samples = [s for s in samples if s.namespace == self.namespace]
+        if not samples:
+            self._failures.failed(vendor, f"no series of {self.query(vendor)} at {self.url}")
+            return []
         self._failures.worked(vendor)
         return samples
 

@@ -532,7 +532,14 @@ async def test_prometheus_unreachable_or_wrong_gives_no_data(exporters, caplog):
         assert await missing.sample({"nvidia"}) == []
         unset = prometheus_source("")
         assert await unset.sample({"nvidia"}) == []
-    assert caplog.text.count("not judged") == 4
+        # the exporter's page has no series of this metric (say, a prefix was configured)
+        prefixed = PrometheusSource(
+            exporters.base + "/amd-device-metrics-exporter_metrics_8xMI300X.txt",
+            {"amd": "amd_gpu_gfx_activity"},
+        )
+        assert await prefixed.sample({"amd"}) == []
+    assert caplog.text.count("not judged") == 5
+    assert "no series of max_over_time(amd_gpu_gfx_activity[60s])" in caplog.text
 
 
 # ---- the job, on SQLite and PostgreSQL ------------------------------------------------------
