@@ -16,15 +16,16 @@ from datetime import timedelta
 from pathlib import Path
 from urllib.parse import urlparse
 
-from jinja2 import Environment, PackageLoader, select_autoescape
+from jinja2 import Environment, PackageLoader, pass_context, select_autoescape
 from jupyterhub.services.auth import HubOAuth, HubOAuthCallbackHandler
+from jupyterhub.utils import url_path_join
 from tornado.httpserver import HTTPServer
 from tornado.ioloop import PeriodicCallback
 from tornado.web import Application as WebApplication
 from traitlets import Bool, Bytes, Integer, List, Unicode, default, validate
 from traitlets.config import Application
 
-from . import applications, handlers, lifecycle, metering, notifications
+from . import applications, handlers, i18n, lifecycle, metering, notifications
 from . import db as database
 from .hub_api import HubAPI
 from .metrics import ServiceMetrics
@@ -34,6 +35,12 @@ from .timewindow import utcnow
 def _when(iso: str | None) -> str:
     """An ISO time from the read models, as people read it: 2026-11-28 11:47:06 (Taipei)."""
     return "—" if not iso else iso[:19].replace("T", " ")
+
+
+@pass_context
+def _bilingual(context, text: str) -> str:
+    """A domain's "中文 / English" text in the page's language."""
+    return context["translator"].bilingual(text)
 
 
 class QuotaService(Application):
@@ -259,6 +266,11 @@ class QuotaService(Application):
         help="JupyterHub scope that opens the service's admin pages (operators' role).",
     ).tag(config=True)
 
+    review_scope = Unicode(
+        "custom:aipower:review",
+        help="JupyterHub scope that opens the reviewers' pages (reviewers' role).",
+    ).tag(config=True)
+
     hub_scope = Unicode(
         "custom:aipower:hub",
         help="JupyterHub scope of the hub's own agent, for the internal API.",
@@ -280,6 +292,11 @@ class QuotaService(Application):
             autoescape=select_autoescape(default=True),
         )
         self.templates.filters["when"] = _when
+        self.templates.filters["bilingual"] = _bilingual
+        self.translators = i18n.read_catalogues()
+        base_url = os.environ.get("JUPYTERHUB_BASE_URL", "/")
+        self.hub_static = url_path_join(base_url, "hub/static/")
+        self.hub_home = url_path_join(base_url, "hub/home")
         self.mailer = notifications.Mailer(
             self.smtp_host,
             self.smtp_port,

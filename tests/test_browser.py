@@ -108,3 +108,26 @@ def test_operator_grants_points_and_a_bad_amount_keeps_what_was_typed(stack, chr
 
     assert Decimal(after) == Decimal(before) + Decimal("12.5")
     page.close()
+
+
+def test_pages_are_in_traditional_chinese_and_switch_to_english_without_javascript(stack, chromium):
+    context = chromium.new_context(java_script_enabled=False)
+    page = context.new_page()
+    # sign-in needs the provider's form only, which works without JavaScript
+    sign_in(page, stack, "trainee")
+    page.goto(stack.url("/services/quota/"))
+    expect(page.locator("html")).to_have_attribute("lang", "zh-Hant-TW")
+    nav = page.get_by_role("navigation", name="平台")
+    expect(nav.get_by_role("link", name="我的計畫")).to_be_visible()
+    # the hub's stylesheet (Bootstrap 5) is what styles the page
+    assert page.evaluate("getComputedStyle(document.querySelector('nav')).display") == "flex"
+
+    page.get_by_role("link", name="English").click()
+    expect(page.locator("html")).to_have_attribute("lang", "en")
+    expect(page.get_by_role("navigation", name="Platform")).to_contain_text("My projects")
+    # remembered: the next page without ?lang= is English too, and the switch goes back
+    page.goto(stack.url("/services/quota/"))
+    expect(page.locator("html")).to_have_attribute("lang", "en")
+    page.get_by_role("link", name="中文").click()
+    expect(page.locator("html")).to_have_attribute("lang", "zh-Hant-TW")
+    context.close()
