@@ -16,7 +16,7 @@ from spawner.points import points_to_millipoints
 from . import access, audit, i18n, ledger, metering, network, notifications, projects, reports
 from . import db as database
 from .metering import ServerRequest, SessionRefused
-from .models import Project, ProjectStatus, UsageSession
+from .models import Account, Project, ProjectStatus, UsageSession
 from .timewindow import utcnow
 
 OPENAPI = Path(__file__).parent / "openapi.yaml"
@@ -52,6 +52,10 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
     @property
     def is_operator(self) -> bool:
         return self.service.admin_scope in self.current_user.get("scopes", [])
+
+    def account(self, db) -> Account:
+        """The signed-in person's account (made at their first visit)."""
+        return access.account_of(db, self.username, now=utcnow())
 
     @property
     def is_reviewer(self) -> bool:
