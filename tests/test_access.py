@@ -210,8 +210,8 @@ def test_refusal_messages_are_bilingual():
 
 
 def test_a_person_gets_an_account_at_the_first_visit_and_keeps_it(db):
-    first = access.account_of(db, "newcomer@startup.example.tw", now=at(2026, 11, 28, 9))
-    again = access.account_of(db, "newcomer@startup.example.tw", now=at(2026, 11, 29, 9))
+    first = access.account_of(db, "newcomer@startup.example.tw", now=at("2026-11-28 09:00"))
+    again = access.account_of(db, "newcomer@startup.example.tw", now=at("2026-11-29 09:00"))
     assert first.id == again.id
-    assert again.created_at == at(2026, 11, 28, 9)
+    assert again.created_at == at("2026-11-28 09:00")
     assert db.query(Account).filter_by(username="newcomer@startup.example.tw").count() == 1
