@@ -406,6 +406,40 @@ class RefusalsAPI(InternalAPIHandler):
         self.finish()
 
 
+class NetworkRefusalsAPI(APIHandler):
+    """A single-user server reports a banned-region connection it refused, with its own token:
+    recorded against the server's owner and their company, like the hub's refusals. The
+    service judges the address itself, so a report cannot record anything but a refusal the
+    rules call for."""
+
+    def post(self):
+        if self.current_user.get("kind") != "user":
+            raise web.HTTPError(
+                403, "只有使用者伺服器能回報 / only a user's server reports refusals"
+            )
+        body = self.read_json()
+        policy = network.NetworkPolicy.instance()
+        refusal = policy.region_refusal(network.parse_address(str(body.get("address", ""))))
+        if refusal is None:
+            raise web.HTTPError(
+                422,
+                "這個位址不在禁止地區 / this address is not in a banned region",
+                reason="not-banned",
+            )
+        server = str(body.get("server_name", ""))[:255] or "default"
+        attempt = f"server {server}: {str(body.get('attempt', ''))[:200]}"
+        with self.db() as db:
+            event = network.record_refusal(
+                db,
+                refusal,
+                username=self.username,
+                attempt=attempt,
+                actor=self.username,
+                now=utcnow(),
+            )
+            self.write_json({"recorded": event.id, "country": refusal.country}, 201)
+
+
 class MetricsHandler(APIHandler):
     """Prometheus exposition; needs a token with JupyterHub's own ``read:metrics`` scope."""
 
@@ -459,5 +493,6 @@ def routes() -> list[tuple[str, type]]:
         (r"api/v1/internal/sessions", SessionsAPI),
         (r"api/v1/internal/sessions/(\d+)/close", SessionCloseAPI),
         (r"api/v1/internal/refusals", RefusalsAPI),
+        (r"api/v1/network-refusals", NetworkRefusalsAPI),
         (r"metrics", MetricsHandler),
     ]
