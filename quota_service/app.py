@@ -25,8 +25,9 @@ from tornado.web import Application as WebApplication
 from traitlets import Bool, Bytes, Integer, List, Unicode, default, validate
 from traitlets.config import Application
 
-from . import applications, handlers, i18n, lifecycle, metering, notifications
+from . import applications, handlers, i18n, lifecycle, metering, model_scans, notifications
 from . import db as database
+from .banned_models import BannedModels
 from .hub_api import HubAPI
 from .metrics import ServiceMetrics
 from .timewindow import utcnow
@@ -186,6 +187,22 @@ class QuotaService(Application):
     @default("volumes_namespace")
     def _default_volumes_namespace(self):
         return os.environ.get("AIPOWER_VOLUMES_NAMESPACE") or os.environ.get("POD_NAMESPACE", "")
+
+    model_scan_hours = Integer(
+        24,
+        help="""Hours between scans of each project member's home folder for banned models
+        (under homes_dir), e.g. 24; 0 turns the scan off. Env: AIPOWER_MODEL_SCAN_HOURS.""",
+    ).tag(config=True)
+
+    @default("model_scan_hours")
+    def _default_model_scan_hours(self):
+        return int(os.environ.get("AIPOWER_MODEL_SCAN_HOURS", "24"))
+
+    @validate("model_scan_hours")
+    def _check_model_scan_hours(self, proposal):
+        if proposal.value < 0:
+            raise ValueError("model_scan_hours cannot be negative (0 turns the scan off)")
+        return proposal.value
 
     purge_grace_days = Integer(
         0,
@@ -377,7 +394,7 @@ class QuotaService(Application):
 
     def housekeep_once(self) -> None:
         """Jobs of the calendar: close ended projects, withdraw applications whose supplement
-        deadline passed, purge storage, expire old audit rows."""
+        deadline passed, purge storage, expire old audit rows, scan homes for banned models."""
         now = utcnow()
         with database.transaction(self.session_factory) as db:
             lifecycle.close_ended_windows(db, now=now)
@@ -392,6 +409,14 @@ class QuotaService(Application):
         with database.transaction(self.session_factory) as db:
             lifecycle.expire_audit_events(
                 db, now=now, keep=timedelta(days=self.audit_retention_days)
+            )
+        if self.homes_dir and self.model_scan_hours:
+            model_scans.scan_due(
+                self.session_factory,
+                Path(self.homes_dir),
+                BannedModels.instance(parent=self).compiled(),
+                now=now,
+                every=timedelta(hours=self.model_scan_hours),
             )
 
     async def _notify_safely(self):
