@@ -270,6 +270,7 @@ def sheet_json(application: Application, sheet: ScoreSheet | None, bonus_per_ite
 class ApplicationsHandler(APIHandler):
     async def prepare(self):
         await super().prepare()
+        # callers are people: a hub service named like a person must not act as them
         if self.current_user.get("kind", "user") != "user":
             raise Refusal(403, "只接受個人的 token / a person's token is required", "forbidden")
 
