@@ -24,6 +24,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from decimal import Decimal
 from urllib.parse import urlsplit
 
 import pytest
@@ -35,7 +36,7 @@ from sqlalchemy import func, select
 from tornado import web
 from tornado.httpserver import HTTPServer
 
-from quota_service import application_api, awards, handlers
+from quota_service import application_api, awards, handlers, review
 from quota_service import applications as apps
 from quota_service import db as database
 from quota_service.app import QuotaService
@@ -348,6 +349,36 @@ def test_every_api_route_is_in_the_document_and_every_documented_path_is_served(
         ), template
     for schema in DOCUMENT["components"]["schemas"].values():
         Draft202012Validator.check_schema(schema)
+
+
+def test_the_review_and_award_settings_are_checked_traits():
+    service = QuotaService(
+        reviewers_per_application=5,
+        review_bonus_per_item="1.5",
+        inference_pass_mark="75",
+        tier_points={"L1": 500, "L2": 1500, "L3": 5000},
+        award_window_months=6,
+    )
+    assert service.review_settings == review.ReviewSettings(
+        reviewers_per_application=5,
+        bonus_per_item=Decimal("1.5"),
+        spread_limit=Decimal("20"),
+        inference_pass_mark=Decimal("75"),
+    )
+    assert service.award_settings == awards.AwardSettings(
+        tier_points={"L1": 500, "L2": 1500, "L3": 5000}, window_months=6
+    )
+    for bad in (
+        {"review_bonus_per_item": "two"},
+        {"review_spread_limit": "NaN"},
+        {"inference_pass_mark": "100.01"},
+        {"tier_points": {"L1": 1000, "L2": 2000}},
+        {"tier_points": {"L1": 0, "L2": 2000, "L3": 6000}},
+        {"reviewers_per_application": 0},
+        {"award_window_months": 25},
+    ):
+        with pytest.raises(ValueError):
+            QuotaService(**bad)
 
 
 # ---- through the hub, on the real clock -----------------------------------------------------------
