@@ -3,11 +3,11 @@
 Thin handlers over ``applications``, ``review`` and ``awards``, which check every permission
 themselves. Token authentication only (``APIHandler``); JSON in and out.
 
-Who acts: the token's JupyterHub user, as the ``Account`` of the same username (created
-without roles the first time the person starts an application). The account acts as an
-operator only while the token also carries the operator scope, and as a reviewer only with
-the review scope: a token made for a script, or a notebook server's own token, has fewer
-scopes than its owner's roles and gets no more power than its scopes say (least privilege).
+Who acts: the token's JupyterHub user, as the ``Account`` of the same username (made
+without roles at the person's first visit). The account acts as an operator only while
+the token also carries the operator scope, and as a reviewer only with the review scope: a
+token made for a script, or a notebook server's own token, has fewer scopes than its
+owner's roles and gets no more power than its scopes say (least privilege).
 
 How the domain's refusals come back (always ``{"status", "reason", "message"}``, messages
 Traditional Chinese first): not found or not yours to read → 404 ``not-found`` (one answer
@@ -36,7 +36,7 @@ from sqlalchemy.orm import Session
 from tornado import web
 
 from . import applications as apps
-from . import audit, awards, review, validation
+from . import awards, review, validation
 from .handlers import APIHandler
 from .models import (
     Account,
@@ -280,32 +280,19 @@ class ApplicationsHandler(APIHandler):
     def body(self) -> Fields:
         return Fields(self.read_json())
 
-    def actor(self, db: Session, *, create: bool = False) -> Account:
-        """The caller as the domain sees them (see the module's description). ``create``:
-        an account without roles is made for a first-time caller. The returned object is
-        never added to the session: its roles are what the token allows, not what is stored."""
-        stored = account_named(db, self.username)
-        if stored is None and create:
-            stored = Account(username=self.username, created_at=self.now())
-            db.add(stored)
-            db.flush()
-            audit.record(
-                db,
-                actor=self.username,
-                action="account.create",
-                subject_type="account",
-                subject_id=stored.id,
-                at=self.now(),
-                source="applications API",
-            )
-        scopes = set(self.current_user.get("scopes", []))
+    def actor(self, db: Session) -> Account:
+        """The caller as the domain sees them: their account (made at the first visit,
+        ``BaseHandler.account``) with the operator and reviewer roles only as far as the
+        token's scopes reach. Never added to the session, so the roles it holds for this
+        request are not stored."""
+        stored = self.account(db)
         return Account(
-            id=None if stored is None else stored.id,
-            username=self.username,
-            email="" if stored is None else stored.email,
-            display_name="" if stored is None else stored.display_name,
-            is_operator=bool(stored and stored.is_operator) and self.service.admin_scope in scopes,
-            is_reviewer=bool(stored and stored.is_reviewer) and self.service.review_scope in scopes,
+            id=stored.id,
+            username=stored.username,
+            email=stored.email,
+            display_name=stored.display_name,
+            is_operator=stored.is_operator and self.is_operator,
+            is_reviewer=stored.is_reviewer and self.is_reviewer,
         )
 
     def application_for(
@@ -423,7 +410,7 @@ class ApplicationsAPI(ApplicationsHandler):
             round_ = db.get(Round, round_id)
             if round_ is None:
                 raise invalid({"round_id": "沒有這個梯次 / no such round"})
-            actor = self.actor(db, create=True)
+            actor = self.actor(db)
             application = apps.create_draft(db, actor, round_, now=self.now())
             answer = application_json(db, actor, application)
         self.write_json(answer, 201)
