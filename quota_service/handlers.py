@@ -480,7 +480,7 @@ class SessionCloseAPI(InternalAPIHandler):
 
 
 def routes() -> list[tuple[str, type]]:
-    from . import project_pages  # it builds on the handlers above
+    from . import application_api, project_pages  # they build on the handlers above
 
     return project_pages.routes() + [
         (r"", OverviewPage),
@@ -495,4 +495,5 @@ def routes() -> list[tuple[str, type]]:
         (r"api/v1/internal/refusals", RefusalsAPI),
         (r"api/v1/network-refusals", NetworkRefusalsAPI),
         (r"metrics", MetricsHandler),
+        *application_api.routes(),
     ]
