@@ -311,7 +311,10 @@ class OpenAPISpec(web.RequestHandler):
 
 class AccessAPI(InternalAPIHandler):
     def get(self, username: str):
+        email = self.get_query_argument("email", "")[:320]
         with self.db() as db:
+            if email:  # a sign-in: the identity provider's address ties it to the account
+                access.link_sign_in(db, username, email, now=utcnow())
             decision = access.decide(db, username, utcnow())
             project = decision.project
             self.write_json(
