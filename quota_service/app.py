@@ -206,10 +206,10 @@ class QuotaService(Application):
         return proposal.value
 
     files_dir = Unicode(
-        help="""Folder for uploaded files (closing reports and slides), kept outside the
-        database, e.g. /srv/aipower/state/files. Default: a ``files`` folder next to the
-        SQLite database; with PostgreSQL, in AIPOWER_STATE_DIR (else the working folder).
-        Env: AIPOWER_FILES_DIR.""",
+        help="""Folder for uploaded files (closing reports, slides, applications' supporting
+        files), kept outside the database, e.g. /srv/aipower/state/files. Default: a ``files``
+        folder next to the SQLite database; with PostgreSQL, in AIPOWER_STATE_DIR (else the
+        working folder). Env: AIPOWER_FILES_DIR.""",
     ).tag(config=True)
 
     @default("files_dir")
