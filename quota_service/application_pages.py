@@ -29,7 +29,6 @@ from .models import (
     ApiKey,
     Application,
     ApplicationStatus,
-    ApplicationStatusChange,
     Award,
     Membership,
     Project,
@@ -185,6 +184,63 @@ class Problems:
         return self.messages.get(path)
 
 
+def application_view(
+    db, actor: Account, application: Application, request: SupplementRequest | None, now: datetime
+) -> dict:
+    """Everything the application's page shows besides the form."""
+    return {
+        "application": {
+            "id": application.id,
+            "status": application.status,
+            "category": application.category,
+            "company_name": application.company_name,
+            "round": db.get(Round, application.round_id).name,
+            "submitted_at": iso(application.submitted_at),
+            "final": S(application.status) in apps.FINAL,
+        },
+        "history": [
+            {
+                "at": iso(h.at),
+                "old": h.old_status,
+                "new": h.new_status,
+                "actor": h.actor,
+                "reason": h.reason,
+            }
+            for h in apps.history(db, actor, application.id)
+        ],
+        "supplement": supplement_view(request, application.category, now),
+        "award": award_view(db, application),
+        "comments": review.comments_for_applicant(db, actor, application.id),
+    }
+
+
+def attach_files(
+    docs: dict,
+    stored: dict,
+    application_id: int,
+    accepted: dict[str, closing.Upload],
+    removed: set[str],
+    editable: Callable[[str], bool],
+    staged: StagedFiles,
+) -> dict[str, dict | None]:
+    """Write the accepted uploads, put their records into ``docs`` (None for a removed file)
+    and mark the files they replace for removal after the commit; the changes by path."""
+    changes = {}
+    for path in form.FILE_PARTS.values():
+        if not editable(path) or (path not in accepted and path not in removed):
+            continue
+        old = form.file_at(stored, path)
+        if old is not None:
+            staged.replace(old["key"])
+        record = None
+        if path in accepted:
+            record, body = form.file_record(application_id, accepted[path])
+            staged.save(record["key"], body)
+        form.put(docs, path, record)
+        changes[path] = record
+    return changes
+
+
 # ---- pages ---------------------------------------------------------------------------------
 
 
@@ -303,35 +359,7 @@ class ApplicationHandler(BaseHandler):
                 problems = Problems(hints, category, hints=True)
             else:
                 problems = Problems({}, category, hints=True)
-            history = db.scalars(
-                select(ApplicationStatusChange)
-                .where(ApplicationStatusChange.application_id == application.id)
-                .order_by(ApplicationStatusChange.id)
-            )
-            page = {
-                "application": {
-                    "id": application.id,
-                    "status": application.status,
-                    "category": category,
-                    "company_name": application.company_name,
-                    "round": db.get(Round, application.round_id).name,
-                    "submitted_at": iso(application.submitted_at),
-                    "final": S(application.status) in apps.FINAL,
-                },
-                "history": [
-                    {
-                        "at": iso(h.at),
-                        "old": h.old_status,
-                        "new": h.new_status,
-                        "actor": h.actor,
-                        "reason": h.reason,
-                    }
-                    for h in history
-                ],
-                "supplement": supplement_view(request, category, now),
-                "award": award_view(db, application),
-                "comments": review.comments_for_applicant(db, actor, application.id),
-            }
+            page = application_view(db, actor, application, request, now)
         flags = ("saved", "submitted", "resubmitted", "withdrawn")
         self.set_header("Cache-Control", "private, no-store")
         self.render_page(
@@ -406,18 +434,9 @@ class ApplicationPage(ApplicationHandler):
                     editable=editable,
                 )
                 docs = copy.deepcopy(typed)
-                for path in form.FILE_PARTS.values():
-                    if not editable(path) or (path not in accepted and path not in removed):
-                        continue
-                    old = form.file_at(stored, path)
-                    if old is not None:
-                        staged.replace(old["key"])
-                    record = None
-                    if path in accepted:
-                        record, body = form.file_record(application.id, accepted[path])
-                        staged.save(record["key"], body)
-                    form.put(docs, path, record)
-                    changes[path] = record
+                changes |= attach_files(
+                    docs, stored, application.id, accepted, removed, editable, staged
+                )
                 if mode == "draft":
                     apps.save_draft(db, actor, application, now=now, **docs)
                 else:  # only what really changed, so that the audit names just that

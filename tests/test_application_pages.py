@@ -322,6 +322,11 @@ def test_a_closed_round_refuses_a_start_with_the_reason(stack, world):
     assert response.status_code == 409
     last = taipei(closes - timedelta(seconds=1)).strftime("%Y-%m-%d %H:%M:%S")
     assert field_message(response.text, "round") == f"本梯次已於 {last}（台北時間）截止"
+    nothing = browser.post(
+        stack.url("/services/quota/applications"), data={"_xsrf": token}, allow_redirects=False
+    )
+    assert nothing.status_code == 400
+    assert field_message(nothing.text, "round") == "請選擇梯次與類別"
 
 
 # ---- the form: draft, submit ---------------------------------------------------------------
