@@ -33,6 +33,7 @@ from quota_service.models import (
     ApplicationStatusChange,
     AuditEvent,
     Award,
+    Membership,
     Round,
     SupplementRequest,
 )
@@ -809,6 +810,16 @@ def test_the_award_with_members_and_the_api_key_shown_once(stack, world):
             select(ApiKey).where(ApiKey.award_id == award.id).order_by(ApiKey.id)
         ).all()
     assert [k.revoked_at is None for k in keys] == [False, True]
+    # an owner who is not the project's lead or contact may not replace it: the domain's reason
+    with world.transaction() as db:
+        db.scalar(
+            select(Membership).where(Membership.account_id == world.person(db, "winner").id)
+        ).role = "trainee"
+    refused = browser.post(
+        url + "/api-key", data={"_xsrf": token, "replaces": new_key.group(1)[:12]}
+    )
+    assert refused.status_code == 403
+    assert "只有計畫主持人、聯絡人或營運單位可以更換金鑰" in refused.text
 
 
 # ---- languages --------------------------------------------------------------------------------
