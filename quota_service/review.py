@@ -47,21 +47,22 @@ WEIGHTS: dict[str, dict[str, int]] = {
         "productisation": 10,
     },
 }
-# the bonus items of each category and the proposal fields that show each one (the MOU
-# as a link or as an uploaded file)
-BONUS_ITEMS: dict[str, dict[str, tuple[str, ...]]] = {
+# the bonus items of each category and the proposal field that shows each one
+BONUS_ITEMS: dict[str, dict[str, str]] = {
     Category.TRAINING: {
-        "open_model": ("open_model_url",),
-        "open_dataset": ("open_dataset_url",),
-        "registrations": ("registrations",),
+        "open_model": "open_model_url",
+        "open_dataset": "open_dataset_url",
+        "registrations": "registrations",
     },
     Category.INFERENCE: {
-        "open_dataset": ("open_dataset_url",),
-        "open_code": ("open_code_url",),
-        "field_partner_mou": ("mou_link", "mou_file"),
-        "registrations": ("registrations",),
+        "open_dataset": "open_dataset_url",
+        "open_code": "open_code_url",
+        "field_partner_mou": "mou_link",
+        "registrations": "registrations",
     },
 }
+# an uploaded file stands for the link of the same item (the MOU: a link or the file)
+UPLOADED_INSTEAD = {"mou_link": "mou_file"}
 TIERS = ("L1", "L2", "L3")
 # mail providers whose domain says nothing about where a person works
 PUBLIC_MAIL_DOMAINS = frozenset(
@@ -265,19 +266,16 @@ def open_for_review(db: Session, reviewer: Account, application_id: int) -> dict
 def bonus_items(application: Application) -> list[str]:
     """The bonus items the application shows (each counts once)."""
     bonus = apps.documents(application)["proposal"].get("bonus") or {}
-
-    def shown(value) -> bool:  # a list, a file's record, or a text that is not blank
-        return (
-            bool(value.strip())
-            if isinstance(value, str)
-            else isinstance(value, list | dict) and bool(value)
-        )
-
-    return [
-        item
-        for item, keys in BONUS_ITEMS[Category(application.category)].items()
-        if any(shown(bonus.get(key)) for key in keys)
-    ]
+    found = []
+    for item, key in BONUS_ITEMS[Category(application.category)].items():
+        value, uploaded = bonus.get(key), bonus.get(UPLOADED_INSTEAD.get(key, ""))
+        if (
+            (isinstance(value, list) and value)
+            or (isinstance(value, str) and value.strip())
+            or (isinstance(uploaded, dict) and uploaded)
+        ):
+            found.append(item)
+    return found
 
 
 def weighted_total(
