@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -159,6 +160,8 @@ def link_sign_in(db: Session, username: str, email: str, *, now: datetime) -> Ac
     an account (they applied before the award), its memberships move to that account. An
     account named by someone else keeps its own address: one address, one person."""
     address = email.strip()
+    if not re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", address):
+        address = ""  # a provider that puts a bare name in the claim vouches for no address
     account = db.scalar(select(Account).where(Account.username == username))
     holder = None
     if address:

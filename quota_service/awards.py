@@ -79,6 +79,14 @@ def account_for_email(db: Session, email: str, display_name: str, *, now: dateti
     )
     if existing is not None:
         return existing
+    # the person may have visited under the name made from the address before the award
+    # (the sign-in side computes it too): that account is theirs
+    named = db.scalar(
+        select(Account).where(Account.username == username_for_email(address), Account.email == "")
+    )
+    if named is not None:
+        named.email = address
+        return named
     account = Account(
         username=username_for_email(address),
         email=address,

@@ -272,3 +272,9 @@ def test_an_address_held_by_someone_who_signed_in_is_not_taken(db):
     assert other.id != owner.id and owner.username == "owner"
     assert other.email == ""  # one address, one person: the award finds the owner
     assert access.decide(db, "other", at("2026-11-03 09:00")).project is None
+
+
+def test_a_claim_that_is_not_an_address_links_nothing(db):
+    placeholder, _ = award_placeholder(db, "lead@startup.example.tw", "22099131")
+    account = access.link_sign_in(db, "alice", "alice", now=at("2026-11-03 09:00"))
+    assert account.email == "" and account.id != placeholder.id

@@ -233,3 +233,15 @@ def test_inference_api_key_shown_once_stored_as_hash(db, world):
     assert awards.verify_api_key(db, new) is None
     with pytest.raises(apps.ApplicationError):  # no trusted networks for inference
         awards.set_trusted_networks(db, op, result.award, ["192.0.2.1"], now=NOW)
+
+
+def test_an_award_finds_the_account_of_a_person_who_visited_under_the_made_name(db):
+    name = awards.username_for_email("Lead@startup.example.tw")
+    visited = access.account_of(db, name, now=at("2026-11-01 09:00"))  # no address known yet
+    found = awards.account_for_email(
+        db, "Lead@startup.example.tw", "林組長", now=at("2026-11-02 09:00")
+    )
+    assert found.id == visited.id and found.email == "Lead@startup.example.tw"
+    # a different address never takes an account over
+    other = awards.account_for_email(db, "other@startup.example.tw", "", now=at("2026-11-02 09:00"))
+    assert other.id != visited.id
