@@ -610,7 +610,8 @@ def reject(
 SECTIONS = ("company", "consent", "declarations", "proposal")
 
 
-def _current_request(db: Session, application: Application) -> SupplementRequest | None:
+def current_request(db: Session, application: Application) -> SupplementRequest | None:
+    """The supplement request the applicant still has to answer, if any."""
     return db.scalar(
         select(SupplementRequest)
         .where(
@@ -731,7 +732,7 @@ def supplement(
 def _open_request(db: Session, application: Application, now: datetime) -> SupplementRequest:
     if application.status != A.SUPPLEMENT_REQUESTED:
         raise TransitionNotAllowed("申請案不在補件中", "no supplement is requested")
-    request = _current_request(db, application)
+    request = current_request(db, application)
     if now >= request.due_before:
         raise DeadlinePassed("補件期限已過", "the supplement deadline has passed")
     return request

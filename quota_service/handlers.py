@@ -446,18 +446,22 @@ class SessionCloseAPI(InternalAPIHandler):
 
 
 def routes() -> list[tuple[str, type]]:
-    from . import project_pages  # it builds on the handlers above
+    from . import project_pages, review_pages  # they build on the handlers above
 
-    return project_pages.routes() + [
-        (r"", OverviewPage),
-        (r"projects/(\d+)", ProjectPage),
-        (r"admin", AdminPage),
-        (r"admin/projects/(\d+)/(suspend|resume|grant)", AdminProjectAction),
-        (r"api/v1/projects", ProjectsAPI),
-        (r"api/v1/openapi.yaml", OpenAPISpec),
-        (r"api/v1/internal/access/([^/]+)", AccessAPI),
-        (r"api/v1/internal/sessions", SessionsAPI),
-        (r"api/v1/internal/sessions/(\d+)/close", SessionCloseAPI),
-        (r"api/v1/internal/refusals", RefusalsAPI),
-        (r"metrics", MetricsHandler),
-    ]
+    return (
+        project_pages.routes()
+        + review_pages.routes()
+        + [
+            (r"", OverviewPage),
+            (r"projects/(\d+)", ProjectPage),
+            (r"admin", AdminPage),
+            (r"admin/projects/(\d+)/(suspend|resume|grant)", AdminProjectAction),
+            (r"api/v1/projects", ProjectsAPI),
+            (r"api/v1/openapi.yaml", OpenAPISpec),
+            (r"api/v1/internal/access/([^/]+)", AccessAPI),
+            (r"api/v1/internal/sessions", SessionsAPI),
+            (r"api/v1/internal/sessions/(\d+)/close", SessionCloseAPI),
+            (r"api/v1/internal/refusals", RefusalsAPI),
+            (r"metrics", MetricsHandler),
+        ]
+    )

@@ -1,0 +1,1102 @@
+"""The operator's and the reviewers' pages of the application review (issue 3).
+
+Operators: rounds, the queue of applications, one application's qualification review
+(automatic checks with their evidence, pass or fail per criterion, qualify, reject, supplement
+request), reviewer assignment and recusals, the ranking of a round with the inference pass mark
+or the training review meeting, and the award. Reviewers: their assignments, an application's
+documents, a conflict-of-interest declaration and the score sheet.
+
+Thin: every rule and permission is the domain's (``applications``, ``review``, ``awards``);
+this module parses forms, maps the domain's refusals to HTTP (403 permission, 409 state, a
+message at the field for bad input) and reads what the pages list. The service runs these
+synchronous handlers one at a time on its event loop, so a check made before an action (an
+application already awarded, a round already created) cannot race with a second click.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import date, datetime, time, timedelta
+from decimal import Decimal
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+from tornado import web
+
+from . import applications as apps
+from . import awards, review, validation
+from .handlers import BaseHandler
+from .models import (
+    Account,
+    ApiKey,
+    Application,
+    ApplicationStatus,
+    Award,
+    Category,
+    Membership,
+    ReviewerAssignment,
+    Round,
+    ScoreSheet,
+)
+from .timewindow import TAIPEI, last_second, taipei, utcnow, window_for_notice
+
+A = ApplicationStatus
+message = validation.message
+
+# ---- the domain's vocabulary, "中文 / English" like its messages (shown with | bilingual) ----
+
+STATUS_LABELS = {
+    A.DRAFT: message("草稿", "draft"),
+    A.SUBMITTED: message("已送出", "submitted"),
+    A.QUALIFICATION: message("資格審查中", "in qualification review"),
+    A.SUPPLEMENT_REQUESTED: message("補件中", "supplement requested"),
+    A.RESUBMITTED: message("補件後重新送出", "resubmitted"),
+    A.PROFESSIONAL_REVIEW: message("專業審查中", "in professional review"),
+    A.SELECTED: message("入選", "selected"),
+    A.AWARDED: message("已核定", "awarded"),
+    A.REJECTED: message("未通過", "rejected"),
+    A.WITHDRAWN: message("已撤案", "withdrawn"),
+}
+CATEGORY_LABELS = {
+    Category.TRAINING: message("模型訓練類", "training"),
+    Category.INFERENCE: message("模型推論類", "inference"),
+}
+CRITERION_LABELS = {
+    "business_number": message("統一編號檢查碼", "business number checksum"),
+    "industry_codes": message("行業代碼", "industry codes"),
+    "registered_in_taiwan": message("於我國依法登記", "registered in Taiwan"),
+    "not_branch_office": message("非分公司", "not a branch office"),
+    "not_china_invested": message("非陸資", "not China-invested"),
+    "no_major_breach": message(
+        "近三年無政府計畫重大違約", "no major breach of a government project in 3 years"
+    ),
+    "no_serious_violation": message(
+        "近三年無重大違反環保、勞工、食安或身障權益法規",
+        "no serious violation of environmental, labour, food-safety or disability law in 3 years",
+    ),
+    "consent": message("個人資料蒐集同意", "personal-data consent"),
+    "banned_models": message("未使用禁用之模型", "no banned models"),
+    apps.STARTUP_PRIORITY: message(
+        "新創優先（2018-01-01 以後設立）", "startup priority (founded on or after 2018-01-01)"
+    ),
+}
+AUTOMATIC_LABELS = {
+    "pass": message("通過", "pass"),
+    "fail": message("未通過", "fail"),
+    "flag": message("需注意", "flagged"),
+    "": message("需人工確認", "to be verified by the operator"),
+}
+SCORE_LABELS = {
+    "importance": message("重要性", "importance"),
+    "industry_application": message("產業應用", "industry application"),
+    "dataset": message("訓練資料集", "training dataset"),
+    "model_resources": message("模型與資源需求", "model and resource needs"),
+    "benefit": message("預期效益", "expected benefit"),
+    "productisation": message("產品化規劃", "productisation plan"),
+    "application_scenario": message("應用情境", "application scenario"),
+}
+BONUS_LABELS = {
+    "open_model": message("開源模型", "open model"),
+    "open_dataset": message("開放資料集", "open dataset"),
+    "open_code": message("開源程式碼", "open code"),
+    "field_partner_mou": message("場域合作備忘錄", "field-partner MOU"),
+    "registrations": message("能力登錄", "capability registrations"),
+}
+# the documents' fields: by dotted path where a key means different things, else by key
+FIELD_LABELS = {
+    "company": message("公司資料（附件一）", "company data (Attachment 1)"),
+    "consent": message("個人資料蒐集同意", "personal-data consent"),
+    "declarations": message("聲明事項", "declarations"),
+    "proposal": message("計畫書", "proposal"),
+    "proposal.title": message("計畫名稱", "project title"),
+    "name": message("名稱", "name"),
+    "title": message("職稱", "title"),
+    "business_number": message("統一編號", "business number"),
+    "industry_codes": message("行業代碼", "industry codes"),
+    "founding_date": message("設立日期", "founding date"),
+    "paid_in_capital": message("實收資本額", "paid-in capital"),
+    "representative": message("代表人", "representative"),
+    "employees": message("員工人數", "employees"),
+    "address": message("地址", "address"),
+    "lead": message("計畫主持人", "project lead"),
+    "contact": message("聯絡人", "contact person"),
+    "phone": message("電話", "phone"),
+    "office_phone": message("辦公室電話", "office phone"),
+    "mobile": message("手機", "mobile"),
+    "email": message("電子郵件", "e-mail"),
+    "profile": message("公司簡介", "company profile"),
+    "business_items": message("營業項目", "business items"),
+    "main_products": message("主要產品或服務", "main products or services"),
+    "sales_regions": message("銷售區域", "sales regions"),
+    "personal_data": message("同意蒐集個人資料", "consents to the personal-data collection"),
+    "truthful": message("所填資料屬實", "what was filled in is true"),
+    "domains": message("應用領域", "domains"),
+    "domain_other": message("其他領域", "other domain"),
+    "environments": message("環境類型", "environments"),
+    "container": message("容器環境", "container environment"),
+    "model_name": message("模型名稱", "model name"),
+    "version": message("版本", "version"),
+    "download_link": message("下載連結", "download link"),
+    "base_model": message("基礎模型", "base model"),
+    "no_code_models": message("No-Code 預設模型", "No-Code preset models"),
+    "validation_models": message("模型驗證使用之模型", "models for validation"),
+    "preset_models": message("預設模型", "preset models"),
+    "dataset": message("訓練資料集", "dataset"),
+    "text_tokens": message("文字（tokens）", "text (tokens)"),
+    "speech_hours": message("語音（小時）", "speech (hours)"),
+    "video_hours": message("影片（小時）", "video (hours)"),
+    "video_resolution": message("影片平均解析度", "average video resolution"),
+    "image_count": message("圖片（張）", "images (count)"),
+    "image_resolution": message("圖片平均解析度", "average image resolution"),
+    "description": message("資料內容說明", "description of the content"),
+    "open_datasets": message("選用之開放資料集", "chosen open data sets"),
+    "model_count": message("模型數", "number of models"),
+    "application_count": message("應用數", "number of applications"),
+    "report_agreement": message("同意繳交結案資料", "agrees to deliver the closing documents"),
+    "demo_meeting": message("同意出席成果發表會", "agrees to attend the demo meeting"),
+    "bonus": message("加分項目", "bonus items"),
+    "mou_link": message("場域合作備忘錄", "field-partner MOU"),
+    "product_material_link": message("既有產品資料", "existing product material"),
+    "open_dataset_url": message("開放資料集網址", "open dataset URL"),
+    "open_model_url": message("開源模型網址", "open model URL"),
+    "open_code_url": message("開源程式碼網址", "open code URL"),
+    "registrations": message("能力登錄", "capability registrations"),
+    "kind": message("類別", "kind"),
+    "number": message("字號", "number"),
+    "other_needs": message("其他需求", "other needs"),
+    "pledge": message("切結", "pledge"),
+    **{k: v for k, v in CRITERION_LABELS.items() if k in validation.DECLARATIONS},
+    **SCORE_LABELS,
+}
+SUPPORTING_LINKS = ("mou_link", "product_material_link", "open_dataset_url")
+SUPPORTING_LINKS_BY_CATEGORY = {
+    Category.TRAINING: (*SUPPORTING_LINKS, "open_model_url"),
+    Category.INFERENCE: (*SUPPORTING_LINKS, "open_code_url"),
+}
+YES, NO = message("是", "yes"), message("否", "no")
+REQUIRED = validation.REQUIRED
+SCORE_MESSAGE = message("請填 0 到 100 的整數", "a whole score from 0 to 100")
+DAY_MESSAGE = message("日期格式應為 YYYY-MM-DD", "a date is written YYYY-MM-DD")
+TIME_MESSAGE = message("時間格式應為 HH:MM", "a time is written HH:MM")
+TIER_MESSAGE = message("請選擇級別 L1、L2 或 L3", "choose the tier L1, L2 or L3")
+
+
+def field_label(path: str) -> str:
+    """The label of a document field (``proposal.dataset.text_tokens``)."""
+    key = path.rsplit(".", 1)[-1]
+    return FIELD_LABELS.get(path) or FIELD_LABELS.get(key) or key
+
+
+def taipei_text(moment: datetime | None) -> str:
+    return "—" if moment is None else taipei(moment).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def last_second_text(exclusive_end: datetime | None) -> str:
+    """An exclusive end as people read it: the last second that is still in."""
+    return "—" if exclusive_end is None else taipei_text(last_second(exclusive_end))
+
+
+def hundredths(value: int) -> Decimal:
+    """A total stored in hundredths of a point, exact, always with two decimals (76.00)."""
+    return Decimal(value).scaleb(-2)
+
+
+def http_url(value) -> str | None:
+    """The value when it is an http(s) link (shown as a link), else None."""
+    text = str(value or "").strip()
+    return text if re.match(r"https?://[^\s]+$", text) else None
+
+
+# ---- settings (the operator's, from the service's traits) -----------------------------------
+
+
+def review_settings(service) -> review.ReviewSettings:
+    # the service's traits for these settings are written alongside (the JSON API's branch);
+    # until they are there, the domain's defaults are the settings
+    return getattr(service, "review_settings", None) or review.ReviewSettings()
+
+
+def award_settings(service) -> awards.AwardSettings:
+    return getattr(service, "award_settings", None) or awards.AwardSettings()
+
+
+# ---- what the pages list ---------------------------------------------------------------------
+
+
+def all_rounds(db: Session, operator: Account) -> list[dict]:
+    apps.require_operator(operator)
+    counts = dict(
+        db.execute(
+            select(Application.round_id, func.count())
+            .where(Application.status != A.DRAFT)
+            .group_by(Application.round_id)
+        ).all()
+    )
+    return [
+        {"round": r, "applications": counts.get(r.id, 0)}
+        for r in db.scalars(select(Round).order_by(Round.opens_at.desc(), Round.id.desc()))
+    ]
+
+
+def queue(
+    db: Session,
+    operator: Account,
+    *,
+    round_id: int | None = None,
+    category: str = "",
+    status: str = "",
+) -> list[Application]:
+    """Submitted applications (drafts are the applicant's own), oldest submission first."""
+    apps.require_operator(operator)
+    query = select(Application).where(Application.status != A.DRAFT)
+    if round_id is not None:
+        query = query.where(Application.round_id == round_id)
+    if category:
+        query = query.where(Application.category == category)
+    if status:
+        query = query.where(Application.status == status)
+    return list(db.scalars(query.order_by(Application.submitted_at, Application.id)))
+
+
+@dataclass
+class AssignmentView:
+    assignment: ReviewerAssignment
+    reviewer: Account
+    sheet: ScoreSheet | None
+
+
+def assignments(db: Session, application: Application) -> list[AssignmentView]:
+    rows = db.execute(
+        select(ReviewerAssignment, Account, ScoreSheet)
+        .join(Account, Account.id == ReviewerAssignment.reviewer_id)
+        .outerjoin(ScoreSheet, ScoreSheet.assignment_id == ReviewerAssignment.id)
+        .where(ReviewerAssignment.application_id == application.id)
+        .order_by(ReviewerAssignment.id)
+    ).all()
+    return [AssignmentView(*row) for row in rows]
+
+
+def reviewers(db: Session) -> list[Account]:
+    return list(db.scalars(select(Account).where(Account.is_reviewer).order_by(Account.username)))
+
+
+@dataclass
+class MyAssignment:
+    assignment: ReviewerAssignment
+    application: Application
+    round: Round
+    sheet: ScoreSheet | None
+
+
+def my_assignments(
+    db: Session, reviewer: Account, application_id: int | None = None
+) -> list[MyAssignment]:
+    query = (
+        select(ReviewerAssignment, Application, Round, ScoreSheet)
+        .join(Application, Application.id == ReviewerAssignment.application_id)
+        .join(Round, Round.id == Application.round_id)
+        .outerjoin(ScoreSheet, ScoreSheet.assignment_id == ReviewerAssignment.id)
+        .where(ReviewerAssignment.reviewer_id == reviewer.id)
+    )
+    if application_id is not None:
+        query = query.where(ReviewerAssignment.application_id == application_id)
+    order = (ReviewerAssignment.assigned_at.desc(), ReviewerAssignment.id.desc())
+    return [MyAssignment(*row) for row in db.execute(query.order_by(*order)).all()]
+
+
+def my_assignment(db: Session, reviewer: Account, application_id: int) -> MyAssignment | None:
+    found = my_assignments(db, reviewer, application_id)
+    return found[0] if found else None
+
+
+@dataclass
+class AwardView:
+    award: Award
+    networks: list[str]
+    members: list[dict]
+    api_keys: list[ApiKey]
+
+
+def award_view(db: Session, application: Application) -> AwardView | None:
+    record = db.scalar(select(Award).where(Award.application_id == application.id))
+    if record is None:
+        return None
+    members = db.execute(
+        select(Membership.role, Account.username, Account.email)
+        .join(Account, Account.id == Membership.account_id)
+        .where(Membership.project_id == record.project_id)
+        .order_by(Membership.id)
+    ).all()
+    keys = db.scalars(select(ApiKey).where(ApiKey.award_id == record.id).order_by(ApiKey.id))
+    return AwardView(
+        record,
+        json.loads(record.trusted_networks),
+        [{"role": r, "username": u, "email": e} for r, u, e in members],
+        list(keys),
+    )
+
+
+def supplement_choices(application: Application) -> list[str]:
+    """The fields an operator may ask for: each part, and each field the part holds."""
+    docs = apps.documents(application)
+    choices = []
+    for section in apps.SECTIONS:
+        choices.append(section)
+        choices += [f"{section}.{key}" for key in docs[section]]
+    return choices
+
+
+# ---- forms -------------------------------------------------------------------------------------
+
+
+class FormErrors(Exception):
+    """Bad input: the page comes back with these messages at their fields (``_form`` for the
+    form as a whole) and everything typed. Raised inside the unit of work, it rolls it back."""
+
+    def __init__(self, errors: dict[str, str]):
+        super().__init__(errors)
+        self.errors = errors
+
+
+@dataclass(frozen=True)
+class Typed:
+    """What the person sent, to show it back."""
+
+    values: dict[str, list[str]] = field(default_factory=dict)
+
+    def get(self, name: str, default: str = "") -> str:
+        return (self.values.get(name) or [default])[0]
+
+    def all(self, name: str) -> list[str]:
+        return self.values.get(name, [])
+
+
+def lines(text: str) -> list[str]:
+    """Non-blank lines (commas and spaces separate too): addresses, e-mails."""
+    return [part for part in re.split(r"[\s,，]+", text) if part]
+
+
+def parse_day(text: str, errors: dict[str, str], name: str) -> date | None:
+    if not text.strip():
+        errors[name] = REQUIRED
+        return None
+    day = validation.parse_date(text)
+    if day is None:
+        errors[name] = DAY_MESSAGE
+    return day
+
+
+def parse_minute(text: str, default: time, errors: dict[str, str], name: str) -> time | None:
+    """``HH:MM`` (a time input's value); blank means ``default``."""
+    if not text.strip():
+        return default
+    match = re.fullmatch(r"(\d{1,2}):(\d{2})(?::00)?", text.strip())
+    if not match or int(match.group(1)) > 23 or int(match.group(2)) > 59:
+        errors[name] = TIME_MESSAGE
+        return None
+    return time(int(match.group(1)), int(match.group(2)))
+
+
+@dataclass(frozen=True)
+class RoundForm:
+    name: str
+    category: str
+    opens_at: datetime
+    closes_at: datetime
+
+
+def parse_round(typed: Typed) -> RoundForm:
+    """Opening from a Taipei day and time (blank time: 00:00); closing "until" a day and
+    minute (blank: 23:59), that minute included: the round accepts until hh:mm:59 and its
+    exclusive end is the next minute, so a day alone is ``applications.deadline_after``."""
+    errors: dict[str, str] = {}
+    name = typed.get("name").strip()
+    problem = validation.check_text(name, limit=200)
+    if problem:
+        errors["name"] = problem
+    category = typed.get("category")
+    if category not in set(Category):
+        errors["category"] = message("請選擇類別", "choose the category")
+    opens_day = parse_day(typed.get("opens_day"), errors, "opens_day")
+    opens_time = parse_minute(typed.get("opens_time"), time(0), errors, "opens_time")
+    closes_day = parse_day(typed.get("closes_day"), errors, "closes_day")
+    closes_time = parse_minute(typed.get("closes_time"), time(23, 59), errors, "closes_time")
+    if errors:
+        raise FormErrors(errors)
+    opens_at = datetime.combine(opens_day, opens_time, TAIPEI)
+    closes_at = datetime.combine(closes_day, closes_time, TAIPEI) + timedelta(minutes=1)
+    if closes_at <= opens_at:
+        raise FormErrors(
+            {"closes_day": message("截止時間應晚於開始時間", "a round closes after it opens")}
+        )
+    return RoundForm(name, category, opens_at, closes_at)
+
+
+def parse_scores(category: str, typed: Typed) -> dict[str, int]:
+    """Whole scores 0..100 for every criterion of the category (form fields ``score_<name>``)."""
+    scores, errors = {}, {}
+    for name in review.WEIGHTS[Category(category)]:
+        text = typed.get(f"score_{name}").strip()
+        if not text:
+            errors[f"score_{name}"] = REQUIRED
+        elif not re.fullmatch(r"\d{1,3}", text) or int(text) > 100:
+            errors[f"score_{name}"] = SCORE_MESSAGE
+        else:
+            scores[name] = int(text)
+    for name in ("comment_to_applicant", "private_comment"):
+        problem = validation.check_text(typed.get(name), required=False, limit=validation.LONG)
+        if problem:
+            errors[name] = problem
+    if errors:
+        raise FormErrors(errors)
+    return scores
+
+
+def parse_tier(typed: Typed, errors: dict[str, str]) -> str:
+    tier = typed.get("tier")
+    if tier not in review.TIERS:
+        errors["tier"] = TIER_MESSAGE
+    return tier
+
+
+# refusals that are answers of their own, never a message on a form
+REFUSALS = (apps.PermissionDenied, apps.TransitionNotAllowed, apps.DeadlinePassed)
+
+
+@contextmanager
+def domain_refusals() -> Iterator[None]:
+    """The domain's refusals as answers: permission 403, state 409, anything else a message
+    on the form that was sent."""
+    try:
+        yield
+    except apps.PermissionDenied as e:
+        raise web.HTTPError(403, str(e)) from None
+    except (apps.TransitionNotAllowed, apps.DeadlinePassed) as e:
+        raise web.HTTPError(409, str(e)) from None
+    except apps.ApplicationError as e:
+        raise FormErrors({"_form": str(e)}) from None
+
+
+# ---- handlers ----------------------------------------------------------------------------------
+
+
+class ReviewPagesHandler(BaseHandler):
+    """A page is its ``show`` (a POST that fails shows it again with errors and the input);
+    the classes that only take forms allow POST alone."""
+
+    @web.authenticated
+    def get(self, *path_args: str):
+        self.show(*path_args)
+
+    def typed(self) -> Typed:
+        return Typed({name: self.get_body_arguments(name) for name in self.request.body_arguments})
+
+    def render_page(self, template: str, **ns) -> None:
+        super().render_page(
+            template,
+            taipei_text=taipei_text,
+            last_second_text=last_second_text,
+            hundredths=hundredths,
+            field_label=field_label,
+            http_url=http_url,
+            status_labels=STATUS_LABELS,
+            category_labels=CATEGORY_LABELS,
+            yes=YES,
+            no=NO,
+            **ns,
+        )
+
+    @contextmanager
+    def unit_of_work(self) -> Iterator[tuple[Session, Account]]:
+        """A transaction with the signed-in person's account; refusals mapped to HTTP."""
+        with self.db() as db, domain_refusals():
+            yield db, self.account(db)
+
+
+class OperatorHandler(ReviewPagesHandler):
+    """Operators only (the hub's scope; the domain checks the account too). A person not
+    signed in is sent to sign in by ``@web.authenticated``."""
+
+    async def prepare(self):
+        await super().prepare()
+        if self.current_user is not None and not self.is_operator:
+            raise web.HTTPError(403, "只有營運管理員可以使用 / operators only")
+
+    @property
+    def settings_review(self) -> review.ReviewSettings:
+        return review_settings(self.service)
+
+    def application_url(self, application_id: int, **query: str) -> str:
+        suffix = "?" + "&".join(f"{k}={v}" for k, v in query.items()) if query else ""
+        return f"{self.service.service_prefix}admin/applications/{application_id}{suffix}"
+
+
+class RoundsPage(OperatorHandler):
+    """Every round, and a new one."""
+
+    def show(self, errors=None, typed: Typed = Typed()) -> None:
+        with self.unit_of_work() as (db, operator):
+            rounds = all_rounds(db, operator)
+        now = utcnow()
+        self.render_page(
+            "operate_rounds.html",
+            rounds=rounds,
+            accepting=lambda r: apps.accepting(r, now),
+            categories=CATEGORY_LABELS,
+            errors=errors or {},
+            typed=typed,
+        )
+
+    @web.authenticated
+    def post(self):
+        typed = self.typed()
+        try:
+            form = parse_round(typed)
+            with self.unit_of_work() as (db, operator):
+                same_name = db.scalar(
+                    select(Round).where(Round.name == form.name, Round.category == form.category)
+                )
+                if same_name is None:
+                    apps.create_round(
+                        db,
+                        operator,
+                        name=form.name,
+                        category=form.category,
+                        opens_at=form.opens_at,
+                        closes_at=form.closes_at,
+                        now=utcnow(),
+                    )
+                elif (same_name.opens_at, same_name.closes_at) != (form.opens_at, form.closes_at):
+                    raise FormErrors(
+                        {
+                            "name": message(
+                                "同類別已有同名的梯次", "this category already has a round so named"
+                            )
+                        }
+                    )
+                # else: the same round sent again (a double click): it exists once
+        except FormErrors as e:
+            self.set_status(400)
+            return self.show(e.errors, typed)
+        self.redirect(f"{self.service.service_prefix}admin/rounds", status=303)
+
+
+class QueuePage(OperatorHandler):
+    """Applications by round, category and status (a GET form: the filters are in the URL)."""
+
+    @web.authenticated
+    def get(self):
+        round_text = self.get_query_argument("round", "")
+        category = self.get_query_argument("category", "")
+        status = self.get_query_argument("status", "")
+        round_id = int(round_text) if round_text.isdigit() else None
+        category = category if category in set(Category) else ""
+        status = status if status in set(A) - {A.DRAFT} else ""
+        with self.unit_of_work() as (db, operator):
+            rows = queue(db, operator, round_id=round_id, category=category, status=status)
+            rounds = {r["round"].id: r["round"] for r in all_rounds(db, operator)}
+        self.render_page(
+            "operate_queue.html",
+            applications=rows,
+            rounds=rounds,
+            chosen={"round": round_id, "category": category, "status": status},
+            statuses=[s for s in A if s is not A.DRAFT],
+        )
+
+
+class ApplicationPage(OperatorHandler):
+    """One application as the operator works on it."""
+
+    def show(self, application_id: str, *, form: str = "", errors=None, typed=Typed()) -> None:
+        settings = self.settings_review
+        with self.unit_of_work() as (db, operator):
+            application = apps.get(db, operator, int(application_id))
+            status = A(application.status)
+            view = {
+                "application": application,
+                "round": db.get(Round, application.round_id),
+                "documents": apps.documents(application),
+                "checks": apps.qualification(db, operator, application),
+                "history": apps.history(db, operator, application.id),
+                "supplement": (supplement := apps.current_request(db, application)),
+                "supplement_fields": json.loads(supplement.fields) if supplement else [],
+                "assignments": assignments(db, application),
+                "reviewers": [
+                    (person, review.obvious_conflicts(db, person, application))
+                    for person in reviewers(db)
+                ],
+                "aggregate": review.aggregate(db, application, settings),
+                "award": award_view(db, application),
+                "supplement_choices": supplement_choices(application),
+                "criteria": apps.CRITERIA,
+            }
+        self.render_page(
+            "operate_application.html",
+            **view,
+            status=status,
+            settings=settings,
+            supporting=SUPPORTING_LINKS_BY_CATEGORY[Category(application.category)],
+            criterion_labels=CRITERION_LABELS,
+            automatic_labels=AUTOMATIC_LABELS,
+            today=taipei(utcnow()).date(),
+            notice=self.get_query_argument("done", ""),
+            form=form,
+            errors=errors or {},
+            typed=typed,
+        )
+
+
+class ApplicationAction(ApplicationPage):
+    """The qualification review's and the assignment's forms; after success back to the
+    application (post/redirect/get); a form sent again changes nothing twice."""
+
+    SUPPORTED_METHODS = ("POST",)
+
+    ACTIONS = ("qualification", "criterion", "qualify", "reject", "supplement", "assign")
+
+    @web.authenticated
+    def post(self, application_id: str, action: str):
+        typed = self.typed()
+        form = action if action != "criterion" else f"criterion-{typed.get('criterion')}"
+        try:
+            with self.unit_of_work() as (db, operator):
+                application = apps.get(db, operator, int(application_id))
+                getattr(self, action)(db, operator, application, typed, utcnow())
+        except FormErrors as e:
+            self.set_status(400)
+            return self.show(application_id, form=form, errors=e.errors, typed=typed)
+        self.redirect(self.application_url(int(application_id), done=action), status=303)
+
+    def qualification(self, db, operator, application, typed, now) -> None:
+        if application.status != A.QUALIFICATION:
+            apps.start_qualification(db, operator, application, now=now)
+
+    def criterion(self, db, operator, application, typed, now) -> None:
+        name, verdict = typed.get("criterion"), typed.get("passed")
+        if name not in apps.CRITERIA:
+            raise web.HTTPError(400, f"沒有這個審查項目 / no criterion {name!r}")
+        if verdict not in ("pass", "fail"):
+            raise FormErrors({"passed": message("請選擇通過或未通過", "choose pass or fail")})
+        note = typed.get("note").strip()
+        problem = validation.check_text(note, required=verdict == "fail", limit=validation.LONG)
+        if problem:
+            raise FormErrors({"note": problem})
+        apps.record_criterion(
+            db, operator, application, name, verdict == "pass", note=note, now=now
+        )
+
+    def qualify(self, db, operator, application, typed, now) -> None:
+        if application.status != A.PROFESSIONAL_REVIEW:
+            apps.qualify(db, operator, application, now=now)
+
+    def reject(self, db, operator, application, typed, now) -> None:
+        if application.status == A.REJECTED:
+            return
+        reason = typed.get("reason").strip()
+        problem = validation.check_text(reason, limit=validation.LONG)
+        if problem:
+            raise FormErrors({"reason": problem})
+        apps.reject(db, operator, application, reason=reason, now=now)
+
+    def supplement(self, db, operator, application, typed, now) -> None:
+        if application.status == A.SUPPLEMENT_REQUESTED:
+            return
+        errors: dict[str, str] = {}
+        fields = typed.all("fields") + lines(typed.get("other_fields"))
+        if not fields:
+            errors["fields"] = message("請勾選要補正的欄位", "tick the fields to supply")
+        text = typed.get("message").strip()
+        problem = validation.check_text(text, limit=validation.LONG)
+        if problem:
+            errors["message"] = problem
+        due_day = parse_day(typed.get("due_day"), errors, "due_day")
+        if due_day is not None and apps.deadline_after(due_day) <= now:
+            errors["due_day"] = message("補件期限應在今天或以後", "the deadline is today or later")
+        if errors:
+            raise FormErrors(errors)
+        try:
+            apps.request_supplement(
+                db, operator, application, fields=fields, message=text, due_day=due_day, now=now
+            )
+        except REFUSALS:
+            raise
+        except apps.ApplicationError as e:
+            raise FormErrors({"fields": str(e)}) from None
+
+    def assign(self, db, operator, application, typed, now) -> None:
+        """Every ticked reviewer or none: a refusal (a conflict of interest, too many
+        reviewers) comes back next to that reviewer, with the ticks kept."""
+        chosen = [int(v) for v in typed.all("reviewer") if v.isdigit()]
+        if not chosen:
+            raise FormErrors({"reviewer": message("請勾選審查委員", "tick the reviewers")})
+        active = {
+            v.reviewer.id for v in assignments(db, application) if v.assignment.recused_at is None
+        }
+        errors = {}
+        for reviewer_id in chosen:
+            person = db.get(Account, reviewer_id)
+            if person is None or reviewer_id in active:
+                continue  # sent again: already assigned
+            try:
+                review.assign(
+                    db, operator, application, person, now=now, settings=self.settings_review
+                )
+            except REFUSALS:
+                raise
+            except apps.ApplicationError as e:
+                errors[f"reviewer-{reviewer_id}"] = str(e)
+        if errors:
+            raise FormErrors(errors)
+
+
+class RankingPage(OperatorHandler):
+    """A round's ranking; inference: the pass mark's result; training: the review meeting."""
+
+    def show(self, round_id: str, *, row: int | None = None, errors=None, typed=Typed()):
+        settings = self.settings_review
+        with self.unit_of_work() as (db, operator):
+            round_ = db.get(Round, int(round_id))
+            if round_ is None:
+                raise web.HTTPError(404, "沒有這個梯次 / no such round")
+            rows = review.ranking(db, operator, round_, settings)
+        self.render_page(
+            "operate_ranking.html",
+            round=round_,
+            rows=rows,
+            settings=settings,
+            tier_points=award_settings(self.service).tier_points,
+            tiers=review.TIERS,
+            row=row,
+            errors=errors or {},
+            typed=typed,
+        )
+
+
+class DecisionAction(RankingPage):
+    """Inference: apply the pass mark with the tier; training: the meeting's decision."""
+
+    SUPPORTED_METHODS = ("POST",)
+
+    @web.authenticated
+    def post(self, application_id: str):
+        typed = self.typed()
+        settings, now = self.settings_review, utcnow()
+        try:
+            with self.unit_of_work() as (db, operator):
+                application = apps.get(db, operator, int(application_id))
+                round_id = application.round_id
+                if application.status == A.PROFESSIONAL_REVIEW:  # else: decided already
+                    self.decide(db, operator, application, typed, now, settings)
+        except FormErrors as e:
+            self.set_status(400)
+            return self.show(str(round_id), row=int(application_id), errors=e.errors, typed=typed)
+        self.redirect(
+            f"{self.service.service_prefix}admin/rounds/{round_id}#application-{application_id}",
+            status=303,
+        )
+
+    @staticmethod
+    def decide(db, operator, application, typed, now, settings) -> None:
+        errors: dict[str, str] = {}
+        if application.category == Category.INFERENCE:
+            tier = parse_tier(typed, errors)
+            if errors:
+                raise FormErrors(errors)
+            review.decide_inference(
+                db, operator, application, tier=tier, now=now, settings=settings
+            )
+            return
+        decision = typed.get("decision")
+        if decision not in ("selected", "not_selected"):
+            errors["decision"] = message("請選擇入選或未入選", "choose selected or not selected")
+        selected = decision == "selected"
+        tier = parse_tier(typed, errors) if selected else None
+        note = typed.get("note").strip()
+        problem = validation.check_text(note, required=False, limit=validation.LONG)
+        if problem:
+            errors["note"] = problem
+        if errors:
+            raise FormErrors(errors)
+        review.record_meeting_decision(
+            db,
+            operator,
+            application,
+            selected=selected,
+            tier=tier,
+            note=note,
+            now=now,
+            settings=settings,
+        )
+
+
+class AwardPage(OperatorHandler):
+    """The award of a selected application: notice date, trusted addresses, trainees."""
+
+    def show(self, application_id: str, *, errors=None, typed=Typed()) -> None:
+        settings = award_settings(self.service)
+        with self.unit_of_work() as (db, operator):
+            application = apps.get(db, operator, int(application_id))
+            if application.status == A.AWARDED:
+                return self.redirect(self.application_url(application.id))
+            if application.status != A.SELECTED:
+                raise web.HTTPError(
+                    409, "只有入選的申請案可以核定 / only a selected application can be awarded"
+                )
+            company = apps.documents(application)["company"]
+        today = taipei(utcnow()).date()
+        start, end = window_for_notice(today, settings.window_months)
+        self.render_page(
+            "operate_award.html",
+            application=application,
+            people={role: company.get(role) or {} for role in ("lead", "contact")},
+            points=settings.tier_points[application.tier],
+            settings=settings,
+            today=today,
+            example_window=(taipei_text(start), last_second_text(end)),
+            errors=errors or {},
+            typed=typed,
+        )
+
+    @web.authenticated
+    def post(self, application_id: str):
+        typed = self.typed()
+        settings = award_settings(self.service)
+        try:
+            with self.unit_of_work() as (db, operator):
+                application = apps.get(db, operator, int(application_id))
+                if application.status == A.AWARDED:  # sent again: granted once, show it
+                    return self.redirect(self.application_url(application.id), status=303)
+                notice_date, networks, trainees = self.parse(application, typed)
+                result = awards.award(
+                    db,
+                    operator,
+                    application,
+                    notice_date=notice_date,
+                    now=utcnow(),
+                    trusted=networks,
+                    trainees=trainees,
+                    settings=settings,
+                )
+                project_id, api_key = result.project.id, result.api_key
+        except FormErrors as e:
+            self.set_status(400)
+            return self.show(application_id, errors=e.errors, typed=typed)
+        if api_key is None:
+            return self.redirect(
+                self.application_url(int(application_id), done="award"), status=303
+            )
+        # the company's key exists only here, once: not stored, not cached, not redirected to
+        self.set_header("Cache-Control", "no-store")
+        self.render_page(
+            "operate_api_key.html",
+            application_id=int(application_id),
+            project_id=project_id,
+            api_key=api_key,
+        )
+
+    @staticmethod
+    def parse(application: Application, typed: Typed) -> tuple[date, list[str], list[str]]:
+        errors: dict[str, str] = {}
+        notice_date = parse_day(typed.get("notice_date"), errors, "notice_date")
+        networks: list[str] = []
+        if application.category == Category.TRAINING:
+            try:
+                networks = awards.parse_networks(lines(typed.get("networks")))
+            except apps.ApplicationError as e:
+                errors["networks"] = str(e)
+            else:
+                if not networks:
+                    errors["networks"] = message(
+                        "請登錄公司的固定 IP（可多筆）",
+                        "give the company's trusted fixed addresses (one or more)",
+                    )
+        trainees = lines(typed.get("trainees"))
+        bad = [e for e in trainees if validation.check_email(e)]
+        if bad:
+            errors["trainees"] = message(
+                f"電子郵件格式不正確：{', '.join(bad)}", f"not e-mail addresses: {', '.join(bad)}"
+            )
+        if errors:
+            raise FormErrors(errors)
+        return notice_date, networks, trainees
+
+
+class AwardAction(ApplicationPage):
+    """After the award: the trusted addresses (training), the API key's revocation (inference)."""
+
+    SUPPORTED_METHODS = ("POST",)
+
+    @web.authenticated
+    def post(self, application_id: str, action: str):
+        typed = self.typed()
+        try:
+            with self.unit_of_work() as (db, operator):
+                application = apps.get(db, operator, int(application_id))
+                record = db.scalar(select(Award).where(Award.application_id == application.id))
+                if record is None:
+                    raise web.HTTPError(409, "申請案尚未核定 / the application is not awarded")
+                now = utcnow()
+                if action == "revoke-key":
+                    awards.revoke_api_key(db, operator, record, now=now)
+                else:
+                    try:
+                        awards.set_trusted_networks(
+                            db, operator, record, lines(typed.get("networks")), now=now
+                        )
+                    except REFUSALS:
+                        raise
+                    except apps.ApplicationError as e:
+                        raise FormErrors({"networks": str(e)}) from None
+        except FormErrors as e:
+            self.set_status(400)
+            return self.show(application_id, form=action, errors=e.errors, typed=typed)
+        self.redirect(self.application_url(int(application_id), done=action), status=303)
+
+
+# ---- reviewers -------------------------------------------------------------------------------
+
+
+class ReviewerHandler(ReviewPagesHandler):
+    """Reviewers only; which applications they may open is the domain's (assigned, not
+    recused)."""
+
+    async def prepare(self):
+        await super().prepare()
+        if self.current_user is not None and not self.is_reviewer:
+            raise web.HTTPError(403, "只有審查委員可以使用 / reviewers only")
+
+
+class AssignmentsPage(ReviewerHandler):
+    @web.authenticated
+    def get(self):
+        with self.unit_of_work() as (db, reviewer):
+            mine = my_assignments(db, reviewer)
+        self.render_page(
+            "review_assignments.html",
+            assignments=mine,
+            recused=self.get_query_argument("recused", ""),
+        )
+
+
+class ReviewApplicationPage(ReviewerHandler):
+    """The application's documents and the reviewer's score sheet; the conflict declaration."""
+
+    def show(self, application_id: str, *, form: str = "", errors=None, typed=None) -> None:
+        settings = review_settings(self.service)
+        with self.unit_of_work() as (db, reviewer):
+            opened = review.open_for_review(db, reviewer, int(application_id))
+            mine = my_assignment(db, reviewer, int(application_id))
+            if mine is None:  # an operator who reviews too: only their own sheet
+                raise web.HTTPError(
+                    403,
+                    "你未被指派審查此案，或已迴避 / you are not assigned to this application, "
+                    "or recused",
+                )
+            application, sheet = mine.application, mine.sheet
+            saved_scores = json.loads(sheet.scores) if sheet else {}
+            weighted = None
+            if sheet:  # the criteria's part of the total, computed again from the saved scores
+                weighted = review.weighted_total(application.category, saved_scores)
+                weighted = weighted.quantize(review.HUNDREDTH)
+        if typed is None:  # the saved sheet is what the form shows
+            values = {f"score_{k}": [str(v)] for k, v in saved_scores.items()}
+            if sheet:
+                values["comment_to_applicant"] = [sheet.comment_to_applicant]
+                values["private_comment"] = [sheet.private_comment]
+            typed = Typed(values)
+        category = Category(application.category)
+        self.render_page(
+            "review_application.html",
+            application=application,
+            round=mine.round,
+            documents={k: opened[k] for k in apps.SECTIONS},
+            bonus_items=opened["bonus_items"],
+            bonus_values=opened["proposal"].get("bonus") or {},
+            bonus_fields=review.BONUS_ITEMS[category],
+            bonus_labels=BONUS_LABELS,
+            weights=review.WEIGHTS[category],
+            score_labels=SCORE_LABELS,
+            settings=settings,
+            sheet=sheet,
+            total=hundredths(sheet.total_hundredths) if sheet else None,
+            weighted=weighted,
+            open_for_scoring=application.status == A.PROFESSIONAL_REVIEW,
+            supporting=SUPPORTING_LINKS_BY_CATEGORY[category],
+            saved=self.get_query_argument("saved", "") == "1",
+            form=form,
+            errors=errors or {},
+            typed=typed,
+        )
+
+    @web.authenticated
+    def post(self, application_id: str):
+        """Save and submit the sheet (revisable until the decision); the total is computed."""
+        typed = self.typed()
+        try:
+            with self.unit_of_work() as (db, reviewer):
+                application = apps.get(db, reviewer, int(application_id))
+                scores = parse_scores(application.category, typed)
+                review.submit_sheet(
+                    db,
+                    reviewer,
+                    application,
+                    scores,
+                    comment_to_applicant=typed.get("comment_to_applicant").strip(),
+                    private_comment=typed.get("private_comment").strip(),
+                    now=utcnow(),
+                    settings=review_settings(self.service),
+                )
+        except FormErrors as e:
+            self.set_status(400)
+            return self.show(application_id, form="sheet", errors=e.errors, typed=typed)
+        self.redirect(
+            f"{self.service.service_prefix}review/applications/{int(application_id)}?saved=1",
+            status=303,
+        )
+
+
+class ConflictAction(ReviewApplicationPage):
+    """The reviewer declares a conflict of interest: recused, the application closes to them."""
+
+    SUPPORTED_METHODS = ("POST",)
+
+    @web.authenticated
+    def post(self, application_id: str):
+        typed = self.typed()
+        reason = typed.get("reason").strip()
+        done = f"{self.service.service_prefix}review?recused={int(application_id)}"
+        try:
+            with self.unit_of_work() as (db, reviewer):
+                mine = my_assignment(db, reviewer, int(application_id))
+                if mine is not None and mine.assignment.recused_at is not None:
+                    return self.redirect(done, status=303)  # sent again: recused once
+                application = apps.get(db, reviewer, int(application_id))
+                problem = validation.check_text(reason, limit=validation.LONG)
+                if problem:
+                    raise FormErrors({"reason": problem})
+                review.declare_conflict(db, reviewer, application, reason=reason, now=utcnow())
+        except FormErrors as e:
+            self.set_status(400)
+            return self.show(application_id, form="conflict", errors=e.errors, typed=typed)
+        self.redirect(done, status=303)
+
+
+def routes() -> list[tuple[str, type]]:
+    actions = "|".join(ApplicationAction.ACTIONS)
+    return [
+        (r"admin/rounds", RoundsPage),
+        (r"admin/rounds/(\d+)", RankingPage),
+        (r"admin/applications", QueuePage),
+        (r"admin/applications/(\d+)", ApplicationPage),
+        (rf"admin/applications/(\d+)/({actions})", ApplicationAction),
+        (r"admin/applications/(\d+)/decision", DecisionAction),
+        (r"admin/applications/(\d+)/award", AwardPage),
+        (r"admin/applications/(\d+)/(networks|revoke-key)", AwardAction),
+        (r"review", AssignmentsPage),
+        (r"review/applications/(\d+)", ReviewApplicationPage),
+        (r"review/applications/(\d+)/conflict", ConflictAction),
+    ]
