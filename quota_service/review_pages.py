@@ -167,10 +167,52 @@ FIELD_LABELS = {
     "registrations": message("能力登錄", "capability registrations"),
     "kind": message("類別", "kind"),
     "number": message("字號", "number"),
+    "productisation.target_customers": message("目標客群", "target customers"),
+    "productisation.progress": message("目前進度", "progress"),
+    "productisation.product_form": message("產品型態", "product form"),
+    "productisation.pricing_unit": message("計價單位", "pricing unit"),
     "other_needs": message("其他需求", "other needs"),
     "pledge": message("切結", "pledge"),
+    # the automatic checks' evidence
+    "rule": message("規則", "rule"),
+    "allowed": message("允許的代碼", "allowed codes"),
+    "declared": message("申請者聲明", "declared"),
+    "findings": message("發現", "findings"),
+    "since": message("起算日", "since"),
+    "maker": message("開發者", "maker"),
+    "field": message("欄位", "field"),
+    "value": message("內容", "value"),
+    "matched": message("符合之處", "matched"),
+    "path": message("檔案", "file"),
     **{k: v for k, v in CRITERION_LABELS.items() if k in validation.DECLARATIONS},
     **SCORE_LABELS,
+}
+# the values of the documents' choice fields, by the field's key
+CHOICE_LABELS = {
+    "domains": {
+        "healthcare": message("醫療", "healthcare"),
+        "disaster_prevention": message("防災", "disaster prevention"),
+        "manufacturing": message("製造", "manufacturing"),
+        "retail": message("零售", "retail"),
+        "finance": message("金融", "finance"),
+        "public_welfare": message("公益", "public welfare"),
+        "transport": message("交通", "transport"),
+        "education": message("教育", "education"),
+        "other": message("其他", "other"),
+    },
+    "environments": {
+        "A": message("A 容器環境", "A container environment"),
+        "B": message("B No-Code 訓練", "B No-Code training"),
+        "C": message("C 模型驗證（API）", "C model validation (API)"),
+    },
+    "kind": {
+        "aml_payment": message("支付服務洗錢防制", "AML for payment services"),
+        "e_signature": message("電子簽章", "e-signature"),
+        "data_economy": message("數據經濟", "data economy"),
+        "ai_technical_service": message("AI 技術服務", "AI technical service"),
+        "information_service": message("資訊服務", "information service"),
+        "information_security": message("資訊安全", "information security"),
+    },
 }
 SUPPORTING_LINKS = ("mou_link", "product_material_link", "open_dataset_url")
 SUPPORTING_LINKS_BY_CATEGORY = {
@@ -189,6 +231,12 @@ def field_label(path: str) -> str:
     """The label of a document field (``proposal.dataset.text_tokens``)."""
     key = path.rsplit(".", 1)[-1]
     return FIELD_LABELS.get(path) or FIELD_LABELS.get(key) or key
+
+
+def choice_label(path: str, value: str) -> str | None:
+    """The label of a choice's value (``proposal.domains``: ``healthcare``); None for a value
+    typed freely (shown as typed, never split as a bilingual text)."""
+    return CHOICE_LABELS.get(path.rsplit(".", 1)[-1], {}).get(value)
 
 
 def taipei_text(moment: datetime | None) -> str:
@@ -502,6 +550,7 @@ class ReviewPagesHandler(BaseHandler):
             last_second_text=last_second_text,
             hundredths=hundredths,
             field_label=field_label,
+            choice_label=choice_label,
             http_url=http_url,
             status_labels=STATUS_LABELS,
             category_labels=CATEGORY_LABELS,
@@ -1015,8 +1064,7 @@ class ReviewApplicationPage(ReviewerHandler):
             round=mine.round,
             documents={k: opened[k] for k in apps.SECTIONS},
             bonus_items=opened["bonus_items"],
-            bonus_values=opened["proposal"].get("bonus") or {},
-            bonus_fields=review.BONUS_ITEMS[category],
+            bonus_item_names=list(review.BONUS_ITEMS[category]),
             bonus_labels=BONUS_LABELS,
             weights=review.WEIGHTS[category],
             score_labels=SCORE_LABELS,

@@ -328,6 +328,12 @@ def test_the_application_page_shows_documents_files_checks_and_history(stack, op
     documents = soup.find(id="documents").get_text(" ", strip=True)
     for typed in ("22099131", "lead@startup.example.tw", "0912-345-678", "120,000,000"):
         assert typed in documents
+    # choices by their names: the domain healthcare, the registration's kind
+    assert (
+        "醫療" in documents
+        and "AI 技術服務" in documents
+        and "ai_technical_service" not in documents
+    )
     files = soup.find(id="supporting-files")
     links = {li["data-path"]: li for li in files.find_all("li")}
     assert links["proposal.bonus.product_material_link"].a["href"] == (
@@ -499,7 +505,8 @@ def test_score_sheet_shows_weights_and_bonus_and_keeps_input_on_errors(
         li["data-bonus"]: li["data-counts"] for li in soup.select("#bonus-items li[data-bonus]")
     }
     assert bonus == {"open_model": "true", "open_dataset": "true", "registrations": "true"}
-    assert "https://huggingface.co/startup/clinic-llama" in soup.find(id="bonus-items").get_text()
+    links = soup.find(id="supporting-files").get_text()
+    assert "https://huggingface.co/startup/clinic-llama" in links
     assert "門診問答" in soup.find(id="documents").get_text()
     assert soup.find(id="criteria") is None  # the qualification review is the operator's
 
