@@ -14,30 +14,16 @@ from sqlalchemy import select
 from quota_service import applications as apps
 from quota_service import db as database
 from quota_service.models import Account, Application
-from tests import test_browser, test_review_pages
+from tests import test_browser, test_project_pages, test_review_pages
 from tests.application_flow import account, make_round, submitted
-from tests.platform import QuotaDB
-from tests.stack import Stack
 from tests.test_review import TRAINING_SCORES
 
 pytestmark = pytest.mark.e2e
-chromium = test_browser.chromium  # the same browser fixture
+chromium = test_browser.chromium  # the same browser, stack and database fixtures
+stack = test_browser.stack
+quota_db = test_project_pages.quota_db
 sign_in = test_browser.sign_in
 QUOTA = "/services/quota/"
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    platform = Stack(tmp_path_factory.mktemp("review-browser"), metering_interval=30).start()
-    yield platform
-    platform.stop()
-
-
-@pytest.fixture(scope="module")
-def quota_db(stack):
-    db = QuotaDB(f"sqlite:///{stack.state / 'quota.sqlite'}")
-    yield db
-    db.close()
 
 
 @pytest.fixture(scope="module")
