@@ -423,8 +423,9 @@ class Typed:
         return self.values.get(name, [])
 
 
-def lines(text: str) -> list[str]:
-    """Non-blank lines (commas and spaces separate too): addresses, e-mails."""
+def entries(text: str) -> list[str]:
+    """What a list box holds, one entry a line (commas and spaces separate too): addresses,
+    e-mails, field names."""
     return [part for part in re.split(r"[\s,，]+", text) if part]
 
 
@@ -665,13 +666,14 @@ class ApplicationPage(OperatorHandler):
         with self.unit_of_work() as (db, operator):
             application = apps.get(db, operator, int(application_id))
             status = A(application.status)
+            supplement = apps.current_request(db, application)
             view = {
                 "application": application,
                 "round": db.get(Round, application.round_id),
                 "documents": apps.documents(application),
                 "checks": apps.qualification(db, operator, application),
                 "history": apps.history(db, operator, application.id),
-                "supplement": (supplement := apps.current_request(db, application)),
+                "supplement": supplement,
                 "supplement_fields": json.loads(supplement.fields) if supplement else [],
                 "assignments": assignments(db, application),
                 "reviewers": [
@@ -755,7 +757,7 @@ class ApplicationAction(ApplicationPage):
         if application.status == A.SUPPLEMENT_REQUESTED:
             return
         errors: dict[str, str] = {}
-        fields = typed.all("fields") + lines(typed.get("other_fields"))
+        fields = list(dict.fromkeys(typed.all("fields") + entries(typed.get("other_fields"))))
         if not fields:
             errors["fields"] = message("請勾選要補正的欄位", "tick the fields to supply")
         text = typed.get("message").strip()
@@ -954,7 +956,7 @@ class AwardPage(OperatorHandler):
         networks: list[str] = []
         if application.category == Category.TRAINING:
             try:
-                networks = awards.parse_networks(lines(typed.get("networks")))
+                networks = awards.parse_networks(entries(typed.get("networks")))
             except apps.ApplicationError as e:
                 errors["networks"] = str(e)
             else:
@@ -963,7 +965,7 @@ class AwardPage(OperatorHandler):
                         "請登錄公司的固定 IP（可多筆）",
                         "give the company's trusted fixed addresses (one or more)",
                     )
-        trainees = lines(typed.get("trainees"))
+        trainees = entries(typed.get("trainees"))
         bad = [e for e in trainees if validation.check_email(e)]
         if bad:
             errors["trainees"] = message(
@@ -994,7 +996,7 @@ class AwardAction(ApplicationPage):
                 else:
                     try:
                         awards.set_trusted_networks(
-                            db, operator, record, lines(typed.get("networks")), now=now
+                            db, operator, record, entries(typed.get("networks")), now=now
                         )
                     except REFUSALS:
                         raise
@@ -1034,7 +1036,7 @@ class AssignmentsPage(ReviewerHandler):
 class ReviewApplicationPage(ReviewerHandler):
     """The application's documents and the reviewer's score sheet; the conflict declaration."""
 
-    def show(self, application_id: str, *, form: str = "", errors=None, typed=None) -> None:
+    def show(self, application_id: str, *, form: str = "", errors=None, typed=Typed()) -> None:
         settings = review_settings(self.service)
         with self.unit_of_work() as (db, reviewer):
             opened = review.open_for_review(db, reviewer, int(application_id))
@@ -1051,12 +1053,14 @@ class ReviewApplicationPage(ReviewerHandler):
             if sheet:  # the criteria's part of the total, computed again from the saved scores
                 weighted = review.weighted_total(application.category, saved_scores)
                 weighted = weighted.quantize(review.HUNDREDTH)
-        if typed is None:  # the saved sheet is what the form shows
+        # the sheet's form shows what was sent with it, else the saved sheet
+        sheet_values = typed
+        if form != "sheet":
             values = {f"score_{k}": [str(v)] for k, v in saved_scores.items()}
             if sheet:
                 values["comment_to_applicant"] = [sheet.comment_to_applicant]
                 values["private_comment"] = [sheet.private_comment]
-            typed = Typed(values)
+            sheet_values = Typed(values)
         category = Category(application.category)
         self.render_page(
             "review_application.html",
@@ -1075,6 +1079,7 @@ class ReviewApplicationPage(ReviewerHandler):
             open_for_scoring=application.status == A.PROFESSIONAL_REVIEW,
             supporting=SUPPORTING_LINKS_BY_CATEGORY[category],
             saved=self.get_query_argument("saved", "") == "1",
+            sheet_values=sheet_values,
             form=form,
             errors=errors or {},
             typed=typed,

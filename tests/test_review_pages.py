@@ -544,6 +544,11 @@ def test_score_sheet_shows_weights_and_bonus_and_keeps_input_on_errors(
         assert sheet.total_hundredths == 8425 and sheet.private_comment == "預算偏高"
     mine = page(reviewer, stack, "review").find("tr", attrs={"data-application": str(app_id)})
     assert "84.25" in mine.find(class_="sheet").get_text()
+    # an error on the other form of the page keeps the saved sheet in its form
+    soup = sent(post(reviewer, stack, f"review/applications/{app_id}/conflict", {"reason": " "}))
+    assert error_at(soup, "conflict-reason") == "此欄位必填"
+    assert value_of(soup, "score-importance") == "80"
+    assert value_of(soup, "private-comment") == "預算偏高"
 
 
 def test_declared_conflict_recuses_and_closes_the_application(
