@@ -107,7 +107,7 @@ def test_operator_and_reviewer_take_an_application_from_qualification_to_award(
     row = operator.locator(f"#application-{app_id}")
     expect(row.locator(".mean")).to_have_text("88.75")
     expect(row.locator(".flag")).to_be_visible()
-    row.get_by_label("入選", exact=True).check()
+    row.get_by_label("會議決議入選").check()
     row.get_by_label("級別（入選時）").select_option("L3")
     row.get_by_label("會議紀錄").fill("會議決議入選")
     row.get_by_role("button", name="記錄決議").click()
@@ -115,7 +115,7 @@ def test_operator_and_reviewer_take_an_application_from_qualification_to_award(
     expect(row.locator("[data-status]")).to_have_text("入選")
 
     # the award: trusted addresses, a trainee; 6000 points from the notice date
-    row.get_by_role("link", name="核定").click()
+    row.get_by_role("link", name="核定與使用權限").click()
     expect(operator.locator("#award-points")).to_have_text("6000")
     operator.get_by_label("通知日期（台北時間）：使用期間自當日起算").fill("2026-12-01")
     operator.locator("#award-networks").fill("203.0.113.7\n2001:db8:1::/48")

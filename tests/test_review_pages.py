@@ -695,7 +695,9 @@ def test_review_pages_switch_to_english(stack, reviewer, operator, world):
     assert soup.find("h1").get_text() == "梯次"
     soup = page(operator, stack, f"admin/applications/{world['unassigned']}?lang=en")
     assert soup.find("html")["lang"] == "en"
-    assert soup.find(id="professional-review-title").get_text() == "Professional review"
+    assert (
+        soup.find(id="professional-review-title").get_text() == "Professional review and reviewers"
+    )
     assert soup.find(attrs={"data-status": True}).get_text() == "in professional review"
     assert soup.find(attrs={"data-path": "company.business_number"}).get_text() == (
         "business number"
