@@ -253,6 +253,9 @@ def test_operator_pages_and_posts_are_closed_to_everyone_else(stack, world, quot
 def test_the_operator_admin_page_links_to_the_review_pages(stack, operator):
     links = page(operator, stack, "admin").find(id="review-links").find_all("a")
     assert [a["href"] for a in links] == [PREFIX + "admin/applications", PREFIX + "admin/rounds"]
+    # the forms' addresses take a POST only
+    page(operator, stack, "admin/applications/1/qualify", status=405)
+    page(operator, stack, "review/applications/1/conflict", status=405)
 
 
 # ---- rounds ----------------------------------------------------------------------------------------
