@@ -588,7 +588,7 @@ class OperatorHandler(ReviewPagesHandler):
 class RoundsPage(OperatorHandler):
     """Every round, and a new one."""
 
-    def show(self, errors=None, typed: Typed = Typed()) -> None:
+    def show(self, errors: dict[str, str] | None = None, typed: Typed = Typed()) -> None:
         with self.unit_of_work() as (db, operator):
             rounds = all_rounds(db, operator)
         now = utcnow()
@@ -661,7 +661,14 @@ class QueuePage(OperatorHandler):
 class ApplicationPage(OperatorHandler):
     """One application as the operator works on it."""
 
-    def show(self, application_id: str, *, form: str = "", errors=None, typed=Typed()) -> None:
+    def show(
+        self,
+        application_id: str,
+        *,
+        form: str = "",
+        errors: dict[str, str] | None = None,
+        typed: Typed = Typed(),
+    ) -> None:
         settings = self.settings_review
         with self.unit_of_work() as (db, operator):
             application = apps.get(db, operator, int(application_id))
@@ -722,11 +729,15 @@ class ApplicationAction(ApplicationPage):
             return self.show(application_id, form=form, errors=e.errors, typed=typed)
         self.redirect(self.application_url(int(application_id), done=action), status=303)
 
-    def qualification(self, db, operator, application, typed, now) -> None:
+    def qualification(
+        self, db: Session, operator: Account, application: Application, typed: Typed, now: datetime
+    ) -> None:
         if application.status != A.QUALIFICATION:
             apps.start_qualification(db, operator, application, now=now)
 
-    def criterion(self, db, operator, application, typed, now) -> None:
+    def criterion(
+        self, db: Session, operator: Account, application: Application, typed: Typed, now: datetime
+    ) -> None:
         name, verdict = typed.get("criterion"), typed.get("passed")
         if name not in apps.CRITERIA:
             raise web.HTTPError(400, f"沒有這個審查項目 / no criterion {name!r}")
@@ -740,11 +751,15 @@ class ApplicationAction(ApplicationPage):
             db, operator, application, name, verdict == "pass", note=note, now=now
         )
 
-    def qualify(self, db, operator, application, typed, now) -> None:
+    def qualify(
+        self, db: Session, operator: Account, application: Application, typed: Typed, now: datetime
+    ) -> None:
         if application.status != A.PROFESSIONAL_REVIEW:
             apps.qualify(db, operator, application, now=now)
 
-    def reject(self, db, operator, application, typed, now) -> None:
+    def reject(
+        self, db: Session, operator: Account, application: Application, typed: Typed, now: datetime
+    ) -> None:
         if application.status == A.REJECTED:
             return
         reason = typed.get("reason").strip()
@@ -753,7 +768,9 @@ class ApplicationAction(ApplicationPage):
             raise FormErrors({"reason": problem})
         apps.reject(db, operator, application, reason=reason, now=now)
 
-    def supplement(self, db, operator, application, typed, now) -> None:
+    def supplement(
+        self, db: Session, operator: Account, application: Application, typed: Typed, now: datetime
+    ) -> None:
         if application.status == A.SUPPLEMENT_REQUESTED:
             return
         errors: dict[str, str] = {}
@@ -778,7 +795,9 @@ class ApplicationAction(ApplicationPage):
         except apps.ApplicationError as e:
             raise FormErrors({"fields": str(e)}) from None
 
-    def assign(self, db, operator, application, typed, now) -> None:
+    def assign(
+        self, db: Session, operator: Account, application: Application, typed: Typed, now: datetime
+    ) -> None:
         """Every ticked reviewer or none: a refusal (a conflict of interest, too many
         reviewers) comes back next to that reviewer, with the ticks kept."""
         chosen = [int(v) for v in typed.all("reviewer") if v.isdigit()]
@@ -807,7 +826,14 @@ class ApplicationAction(ApplicationPage):
 class RankingPage(OperatorHandler):
     """A round's ranking; inference: the pass mark's result; training: the review meeting."""
 
-    def show(self, round_id: str, *, row: int | None = None, errors=None, typed=Typed()):
+    def show(
+        self,
+        round_id: str,
+        *,
+        row: int | None = None,
+        errors: dict[str, str] | None = None,
+        typed: Typed = Typed(),
+    ):
         settings = self.settings_review
         with self.unit_of_work() as (db, operator):
             round_ = db.get(Round, int(round_id))
@@ -851,7 +877,14 @@ class DecisionAction(RankingPage):
         )
 
     @staticmethod
-    def decide(db, operator, application, typed, now, settings) -> None:
+    def decide(
+        db: Session,
+        operator: Account,
+        application: Application,
+        typed: Typed,
+        now: datetime,
+        settings: review.ReviewSettings,
+    ) -> None:
         errors: dict[str, str] = {}
         if application.category == Category.INFERENCE:
             tier = parse_tier(typed, errors)
@@ -887,7 +920,9 @@ class DecisionAction(RankingPage):
 class AwardPage(OperatorHandler):
     """The award of a selected application: notice date, trusted addresses, trainees."""
 
-    def show(self, application_id: str, *, errors=None, typed=Typed()) -> None:
+    def show(
+        self, application_id: str, *, errors: dict[str, str] | None = None, typed: Typed = Typed()
+    ) -> None:
         settings = award_settings(self.service)
         with self.unit_of_work() as (db, operator):
             application = apps.get(db, operator, int(application_id))
@@ -1036,7 +1071,14 @@ class AssignmentsPage(ReviewerHandler):
 class ReviewApplicationPage(ReviewerHandler):
     """The application's documents and the reviewer's score sheet; the conflict declaration."""
 
-    def show(self, application_id: str, *, form: str = "", errors=None, typed=Typed()) -> None:
+    def show(
+        self,
+        application_id: str,
+        *,
+        form: str = "",
+        errors: dict[str, str] | None = None,
+        typed: Typed = Typed(),
+    ) -> None:
         settings = review_settings(self.service)
         with self.unit_of_work() as (db, reviewer):
             opened = review.open_for_review(db, reviewer, int(application_id))
