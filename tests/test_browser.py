@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import pytest
 from playwright.sync_api import expect, sync_playwright
@@ -11,6 +12,7 @@ from tests.stack import Stack
 
 pytestmark = pytest.mark.e2e
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+MODELS = Path(__file__).parent / "data" / "models"
 CHROMIUM_FLAGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -24,7 +26,10 @@ CHROMIUM_FLAGS = [
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    platform = Stack(tmp_path_factory.mktemp("browser-stack"), metering_interval=5).start()
+    state = tmp_path_factory.mktemp("browser-stack")
+    # the trainee keeps a Qwen2 model in their home: the storage scan has something to find
+    shutil.copytree(MODELS / "qwen2-7b", state / "homes" / "trainee" / "models" / "qwen2-7b")
+    platform = Stack(state, metering_interval=5).start()
     yield platform
     platform.stop()
 
@@ -65,7 +70,7 @@ def test_trainee_starts_an_amd_server_from_the_form_and_sees_it_metered(stack, c
     servers = page.locator("table.servers")
     expect(servers).to_contain_text("AMD (ROCm)")
     expect(servers).to_contain_text("amd:0")
-    expect(servers).to_contain_text("模擬 simulated")
+    expect(servers.locator(".badge")).to_have_text("模擬")
     expect(page.locator("#burn-rate")).to_contain_text("2 點/小時")
     page.screenshot(path=str(tmp_path / "project.png"), full_page=True)
 
@@ -95,7 +100,8 @@ def test_operator_grants_points_and_a_bad_amount_keeps_what_was_typed(stack, chr
     section.locator('form[action$="/grant"] input[name="reason"]').fill("補發 / top-up")
     section.locator('form[action$="/grant"] button').click()
     section = page.locator("#project-1")
-    expect(section.locator(".error")).to_contain_text("three decimal places")
+    expect(section.locator('[data-field="points"]')).to_have_text("點數最多三位小數")
+    expect(section.locator("#grant-points-1")).to_have_attribute("aria-invalid", "true")
     expect(section.locator('form[action$="/grant"] input[name="points"]')).to_have_value("12.3456")
     expect(section.locator('form[action$="/grant"] input[name="reason"]')).to_have_value(
         "補發 / top-up"
@@ -125,9 +131,35 @@ def test_pages_are_in_traditional_chinese_and_switch_to_english_without_javascri
     page.get_by_role("link", name="English").click()
     expect(page.locator("html")).to_have_attribute("lang", "en")
     expect(page.get_by_role("navigation", name="Platform")).to_contain_text("My projects")
+    expect(page.locator("h1")).to_have_text("My projects")
+    expect(page.get_by_role("columnheader", name="Balance (points)")).to_be_visible()
     # remembered: the next page without ?lang= is English too, and the switch goes back
     page.goto(stack.url("/services/quota/"))
     expect(page.locator("html")).to_have_attribute("lang", "en")
     page.get_by_role("link", name="中文").click()
     expect(page.locator("html")).to_have_attribute("lang", "zh-Hant-TW")
     context.close()
+
+
+def test_operator_reads_the_banned_model_scan_with_its_evidence(stack, chromium):
+    page = chromium.new_page()
+    sign_in(page, stack, "operator")
+    page.goto(stack.url("/services/quota/admin"))
+    page.get_by_role("link", name="禁用模型掃描").click()
+    expect(page.locator("h1")).to_have_text("禁用模型掃描")
+    row = page.locator('#model-scans tr[data-username="trainee"]')
+    expect(row).to_contain_text("發現禁用模型")
+    expect(row).to_contain_text("models/qwen2-7b/config.json")
+    expect(row).to_contain_text("Qwen2ForCausalLM")
+    expect(row).to_contain_text("示範智能股份有限公司")
+    page.get_by_role("link", name="English").click()
+    expect(page.locator('#model-scans tr[data-username="trainee"]')).to_contain_text(
+        "Banned models found"
+    )
+    # not for the people it is about
+    trainee = chromium.new_page()
+    sign_in(trainee, stack, "trainee")
+    trainee.goto(stack.url("/services/quota/admin/model-scans"))
+    expect(trainee.locator("h1")).to_contain_text("403")
+    page.close()
+    trainee.close()

@@ -45,7 +45,7 @@ def test_operator_and_reviewer_take_an_application_from_qualification_to_award(
 
     # qualification: from the admin page to the application, every criterion passed
     operator.goto(stack.url(QUOTA + "admin"))
-    operator.locator("#review-links").get_by_role("link", name="申請案列表").click()
+    operator.get_by_role("link", name="申請案列表").click()
     operator.locator(f'#queue tr[data-application="{app_id}"] a').first.click()
     expect(operator.locator("h1")).to_contain_text("新創應用有限公司")
     operator.get_by_role("button", name="開始資格審查").click()
