@@ -32,12 +32,10 @@ from . import awards, review, validation
 from .handlers import BaseHandler
 from .models import (
     Account,
-    ApiKey,
     Application,
     ApplicationStatus,
     Award,
     Category,
-    Membership,
     ReviewerAssignment,
     Round,
     ScoreSheet,
@@ -259,19 +257,6 @@ def http_url(value) -> str | None:
     return text if re.match(r"https?://[^\s]+$", text) else None
 
 
-# ---- settings (the operator's, from the service's traits) -----------------------------------
-
-
-def review_settings(service) -> review.ReviewSettings:
-    # the service's traits for these settings are written alongside (the JSON API's branch);
-    # until they are there, the domain's defaults are the settings
-    return getattr(service, "review_settings", None) or review.ReviewSettings()
-
-
-def award_settings(service) -> awards.AwardSettings:
-    return getattr(service, "award_settings", None) or awards.AwardSettings()
-
-
 # ---- what the pages list ---------------------------------------------------------------------
 
 
@@ -284,10 +269,7 @@ def all_rounds(db: Session, operator: Account) -> list[dict]:
             .group_by(Application.round_id)
         ).all()
     )
-    return [
-        {"round": r, "applications": counts.get(r.id, 0)}
-        for r in db.scalars(select(Round).order_by(Round.opens_at.desc(), Round.id.desc()))
-    ]
+    return [{"round": r, "applications": counts.get(r.id, 0)} for r in apps.rounds(db)]
 
 
 def queue(
@@ -359,33 +341,6 @@ def my_assignments(
 def my_assignment(db: Session, reviewer: Account, application_id: int) -> MyAssignment | None:
     found = my_assignments(db, reviewer, application_id)
     return found[0] if found else None
-
-
-@dataclass
-class AwardView:
-    award: Award
-    networks: list[str]
-    members: list[dict]
-    api_keys: list[ApiKey]
-
-
-def award_view(db: Session, application: Application) -> AwardView | None:
-    record = db.scalar(select(Award).where(Award.application_id == application.id))
-    if record is None:
-        return None
-    members = db.execute(
-        select(Membership.role, Account.username, Account.email)
-        .join(Account, Account.id == Membership.account_id)
-        .where(Membership.project_id == record.project_id)
-        .order_by(Membership.id)
-    ).all()
-    keys = db.scalars(select(ApiKey).where(ApiKey.award_id == record.id).order_by(ApiKey.id))
-    return AwardView(
-        record,
-        json.loads(record.trusted_networks),
-        [{"role": r, "username": u, "email": e} for r, u, e in members],
-        list(keys),
-    )
 
 
 def supplement_choices(application: Application) -> list[str]:
@@ -576,10 +531,6 @@ class OperatorHandler(ReviewPagesHandler):
         if self.current_user is not None and not self.is_operator:
             raise web.HTTPError(403, "只有營運管理員可以使用 / operators only")
 
-    @property
-    def settings_review(self) -> review.ReviewSettings:
-        return review_settings(self.service)
-
     def application_url(self, application_id: int, **query: str) -> str:
         suffix = "?" + "&".join(f"{k}={v}" for k, v in query.items()) if query else ""
         return f"{self.service.service_prefix}admin/applications/{application_id}{suffix}"
@@ -669,7 +620,7 @@ class ApplicationPage(OperatorHandler):
         errors: dict[str, str] | None = None,
         typed: Typed = Typed(),
     ) -> None:
-        settings = self.settings_review
+        settings = self.service.review_settings
         with self.unit_of_work() as (db, operator):
             application = apps.get(db, operator, int(application_id))
             status = A(application.status)
@@ -688,7 +639,11 @@ class ApplicationPage(OperatorHandler):
                     for person in reviewers(db)
                 ],
                 "aggregate": review.aggregate(db, application, settings),
-                "award": award_view(db, application),
+                "award": (
+                    awards.view(db, operator, application.project_id)
+                    if status is A.AWARDED
+                    else None
+                ),
                 "supplement_choices": supplement_choices(application),
                 "criteria": apps.CRITERIA,
             }
@@ -813,7 +768,12 @@ class ApplicationAction(ApplicationPage):
                 continue  # sent again: already assigned
             try:
                 review.assign(
-                    db, operator, application, person, now=now, settings=self.settings_review
+                    db,
+                    operator,
+                    application,
+                    person,
+                    now=now,
+                    settings=self.service.review_settings,
                 )
             except REFUSALS:
                 raise
@@ -834,7 +794,7 @@ class RankingPage(OperatorHandler):
         errors: dict[str, str] | None = None,
         typed: Typed = Typed(),
     ):
-        settings = self.settings_review
+        settings = self.service.review_settings
         with self.unit_of_work() as (db, operator):
             round_ = db.get(Round, int(round_id))
             if round_ is None:
@@ -845,7 +805,7 @@ class RankingPage(OperatorHandler):
             round=round_,
             rows=rows,
             settings=settings,
-            tier_points=award_settings(self.service).tier_points,
+            tier_points=self.service.award_settings.tier_points,
             tiers=review.TIERS,
             row=row,
             errors=errors or {},
@@ -861,7 +821,7 @@ class DecisionAction(RankingPage):
     @web.authenticated
     def post(self, application_id: str):
         typed = self.typed()
-        settings, now = self.settings_review, utcnow()
+        settings, now = self.service.review_settings, utcnow()
         try:
             with self.unit_of_work() as (db, operator):
                 application = apps.get(db, operator, int(application_id))
@@ -923,7 +883,7 @@ class AwardPage(OperatorHandler):
     def show(
         self, application_id: str, *, errors: dict[str, str] | None = None, typed: Typed = Typed()
     ) -> None:
-        settings = award_settings(self.service)
+        settings = self.service.award_settings
         with self.unit_of_work() as (db, operator):
             application = apps.get(db, operator, int(application_id))
             if application.status == A.AWARDED:
@@ -950,7 +910,7 @@ class AwardPage(OperatorHandler):
     @web.authenticated
     def post(self, application_id: str):
         typed = self.typed()
-        settings = award_settings(self.service)
+        settings = self.service.award_settings
         try:
             with self.unit_of_work() as (db, operator):
                 application = apps.get(db, operator, int(application_id))
@@ -1079,17 +1039,13 @@ class ReviewApplicationPage(ReviewerHandler):
         errors: dict[str, str] | None = None,
         typed: Typed = Typed(),
     ) -> None:
-        settings = review_settings(self.service)
+        settings = self.service.review_settings
         with self.unit_of_work() as (db, reviewer):
             opened = review.open_for_review(db, reviewer, int(application_id))
-            mine = my_assignment(db, reviewer, int(application_id))
-            if mine is None:  # an operator who reviews too: only their own sheet
-                raise web.HTTPError(
-                    403,
-                    "你未被指派審查此案，或已迴避 / you are not assigned to this application, "
-                    "or recused",
-                )
-            application, sheet = mine.application, mine.sheet
+            application = db.get(Application, opened["id"])
+            round_ = db.get(Round, application.round_id)
+            # their own sheet: refused to anyone not assigned, an operator who reviews too
+            sheet = review.my_sheet(db, reviewer, application)
             saved_scores = json.loads(sheet.scores) if sheet else {}
             weighted = None
             if sheet:  # the criteria's part of the total, computed again from the saved scores
@@ -1107,7 +1063,7 @@ class ReviewApplicationPage(ReviewerHandler):
         self.render_page(
             "review_application.html",
             application=application,
-            round=mine.round,
+            round=round_,
             documents={k: opened[k] for k in apps.SECTIONS},
             bonus_items=opened["bonus_items"],
             bonus_item_names=list(review.BONUS_ITEMS[category]),
@@ -1143,7 +1099,7 @@ class ReviewApplicationPage(ReviewerHandler):
                     comment_to_applicant=typed.get("comment_to_applicant").strip(),
                     private_comment=typed.get("private_comment").strip(),
                     now=utcnow(),
-                    settings=review_settings(self.service),
+                    settings=self.service.review_settings,
                 )
         except FormErrors as e:
             self.set_status(400)
