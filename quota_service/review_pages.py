@@ -45,65 +45,9 @@ from .timewindow import TAIPEI, last_second, taipei, utcnow, window_for_notice
 A = ApplicationStatus
 message = validation.message
 
-# ---- the domain's vocabulary, "中文 / English" like its messages (shown with | bilingual) ----
+# ---- the documents' vocabulary, "中文 / English" like the domain's messages (| bilingual) ----
+# (the names of the domain's values, statuses and criteria, are in templates/_labels.html)
 
-STATUS_LABELS = {
-    A.DRAFT: message("草稿", "draft"),
-    A.SUBMITTED: message("已送出", "submitted"),
-    A.QUALIFICATION: message("資格審查中", "in qualification review"),
-    A.SUPPLEMENT_REQUESTED: message("補件中", "supplement requested"),
-    A.RESUBMITTED: message("補件後重新送出", "resubmitted"),
-    A.PROFESSIONAL_REVIEW: message("專業審查中", "in professional review"),
-    A.SELECTED: message("入選", "selected"),
-    A.AWARDED: message("已核定", "awarded"),
-    A.REJECTED: message("未通過", "rejected"),
-    A.WITHDRAWN: message("已撤案", "withdrawn"),
-}
-CATEGORY_LABELS = {
-    Category.TRAINING: message("模型訓練類", "training"),
-    Category.INFERENCE: message("模型推論類", "inference"),
-}
-CRITERION_LABELS = {
-    "business_number": message("統一編號檢查碼", "business number checksum"),
-    "industry_codes": message("行業代碼", "industry codes"),
-    "registered_in_taiwan": message("於我國依法登記", "registered in Taiwan"),
-    "not_branch_office": message("非分公司", "not a branch office"),
-    "not_china_invested": message("非陸資", "not China-invested"),
-    "no_major_breach": message(
-        "近三年無政府計畫重大違約", "no major breach of a government project in 3 years"
-    ),
-    "no_serious_violation": message(
-        "近三年無重大違反環保、勞工、食安或身障權益法規",
-        "no serious violation of environmental, labour, food-safety or disability law in 3 years",
-    ),
-    "consent": message("個人資料蒐集同意", "personal-data consent"),
-    "banned_models": message("未使用禁用之模型", "no banned models"),
-    apps.STARTUP_PRIORITY: message(
-        "新創優先（2018-01-01 以後設立）", "startup priority (founded on or after 2018-01-01)"
-    ),
-}
-AUTOMATIC_LABELS = {
-    "pass": message("通過", "pass"),
-    "fail": message("未通過", "fail"),
-    "flag": message("需注意", "flagged"),
-    "": message("需人工確認", "to be verified by the operator"),
-}
-SCORE_LABELS = {
-    "importance": message("重要性", "importance"),
-    "industry_application": message("產業應用", "industry application"),
-    "dataset": message("訓練資料集", "training dataset"),
-    "model_resources": message("模型與資源需求", "model and resource needs"),
-    "benefit": message("預期效益", "expected benefit"),
-    "productisation": message("產品化規劃", "productisation plan"),
-    "application_scenario": message("應用情境", "application scenario"),
-}
-BONUS_LABELS = {
-    "open_model": message("開源模型", "open model"),
-    "open_dataset": message("開放資料集", "open dataset"),
-    "open_code": message("開源程式碼", "open code"),
-    "field_partner_mou": message("場域合作備忘錄", "field-partner MOU"),
-    "registrations": message("能力登錄", "capability registrations"),
-}
 # the documents' fields: by dotted path where a key means different things, else by key
 FIELD_LABELS = {
     "company": message("公司資料（附件一）", "company data (Attachment 1)"),
@@ -182,8 +126,21 @@ FIELD_LABELS = {
     "value": message("內容", "value"),
     "matched": message("符合之處", "matched"),
     "path": message("檔案", "file"),
-    **{k: v for k, v in CRITERION_LABELS.items() if k in validation.DECLARATIONS},
-    **SCORE_LABELS,
+    "registered_in_taiwan": message("於我國依法登記", "registered in Taiwan"),
+    "not_branch_office": message("非分公司", "not a branch office"),
+    "not_china_invested": message("非陸資", "not China-invested"),
+    "no_major_breach": message(
+        "近三年無政府計畫重大違約", "no major breach of a government project in 3 years"
+    ),
+    "no_serious_violation": message(
+        "近三年無重大違反環保、勞工、食安或身障權益法規",
+        "no serious violation of environmental, labour, food-safety or disability law in 3 years",
+    ),
+    "importance": message("重要性", "importance"),
+    "industry_application": message("產業應用", "industry application"),
+    "application_scenario": message("應用情境", "application scenario"),
+    "benefit": message("預期效益", "expected benefit"),
+    "productisation": message("產品化規劃", "productisation plan"),
 }
 # the values of the documents' choice fields, by the field's key
 CHOICE_LABELS = {
@@ -217,7 +174,6 @@ SUPPORTING_LINKS_BY_CATEGORY = {
     Category.TRAINING: (*SUPPORTING_LINKS, "open_model_url"),
     Category.INFERENCE: (*SUPPORTING_LINKS, "open_code_url"),
 }
-YES, NO = message("是", "yes"), message("否", "no")
 REQUIRED = validation.REQUIRED
 SCORE_MESSAGE = message("請填 0 到 100 的整數", "a whole score from 0 to 100")
 DAY_MESSAGE = message("日期格式應為 YYYY-MM-DD", "a date is written YYYY-MM-DD")
@@ -508,10 +464,6 @@ class ReviewPagesHandler(BaseHandler):
             field_label=field_label,
             choice_label=choice_label,
             http_url=http_url,
-            status_labels=STATUS_LABELS,
-            category_labels=CATEGORY_LABELS,
-            yes=YES,
-            no=NO,
             **ns,
         )
 
@@ -547,7 +499,7 @@ class RoundsPage(OperatorHandler):
             "operate_rounds.html",
             rounds=rounds,
             accepting=lambda r: apps.accepting(r, now),
-            categories=CATEGORY_LABELS,
+            categories=list(Category),
             errors=errors or {},
             typed=typed,
         )
@@ -605,6 +557,7 @@ class QueuePage(OperatorHandler):
             applications=rows,
             rounds=rounds,
             chosen={"round": round_id, "category": category, "status": status},
+            categories=list(Category),
             statuses=[s for s in A if s is not A.DRAFT],
         )
 
@@ -653,8 +606,6 @@ class ApplicationPage(OperatorHandler):
             status=status,
             settings=settings,
             supporting=SUPPORTING_LINKS_BY_CATEGORY[Category(application.category)],
-            criterion_labels=CRITERION_LABELS,
-            automatic_labels=AUTOMATIC_LABELS,
             today=taipei(utcnow()).date(),
             notice=self.get_query_argument("done", ""),
             form=form,
@@ -1067,9 +1018,7 @@ class ReviewApplicationPage(ReviewerHandler):
             documents={k: opened[k] for k in apps.SECTIONS},
             bonus_items=opened["bonus_items"],
             bonus_item_names=list(review.BONUS_ITEMS[category]),
-            bonus_labels=BONUS_LABELS,
             weights=review.WEIGHTS[category],
-            score_labels=SCORE_LABELS,
             settings=settings,
             sheet=sheet,
             total=hundredths(sheet.total_hundredths) if sheet else None,
