@@ -502,9 +502,15 @@ class SessionCloseAPI(InternalAPIHandler):
 
 
 def routes() -> list[tuple[str, type]]:
-    from . import application_api, project_pages, review_pages  # they build on the above
+    from . import (  # they build on the handlers above
+        application_api,
+        application_pages,
+        project_pages,
+        review_pages,
+    )
 
     return project_pages.routes() + [
+        *application_pages.routes(),
         (r"", OverviewPage),
         (r"projects/(\d+)", ProjectPage),
         (r"admin", AdminPage),
