@@ -27,8 +27,8 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 from tornado import web
 
+from . import application_form, awards, review, validation
 from . import applications as apps
-from . import awards, review, validation
 from .handlers import BaseHandler
 from .models import (
     Account,
@@ -45,152 +45,11 @@ from .timewindow import TAIPEI, last_second, taipei, utcnow, window_for_notice
 A = ApplicationStatus
 message = validation.message
 
-# ---- the documents' vocabulary, "中文 / English" like the domain's messages (| bilingual) ----
-# (the names of the domain's values, statuses and criteria, are in templates/_labels.html)
-
-# the documents' fields: by dotted path where a key means different things, else by key
-FIELD_LABELS = {
-    "company": message("公司資料（附件一）", "company data (Attachment 1)"),
-    "consent": message("個人資料蒐集同意", "personal-data consent"),
-    "declarations": message("聲明事項", "declarations"),
-    "proposal": message("計畫書", "proposal"),
-    "proposal.title": message("計畫名稱", "project title"),
-    "name": message("名稱", "name"),
-    "title": message("職稱", "title"),
-    "business_number": message("統一編號", "business number"),
-    "industry_codes": message("行業代碼", "industry codes"),
-    "founding_date": message("設立日期", "founding date"),
-    "paid_in_capital": message("實收資本額", "paid-in capital"),
-    "representative": message("代表人", "representative"),
-    "employees": message("員工人數", "employees"),
-    "address": message("地址", "address"),
-    "lead": message("計畫主持人", "project lead"),
-    "contact": message("聯絡人", "contact person"),
-    "phone": message("電話", "phone"),
-    "office_phone": message("辦公室電話", "office phone"),
-    "mobile": message("手機", "mobile"),
-    "email": message("電子郵件", "e-mail"),
-    "profile": message("公司簡介", "company profile"),
-    "business_items": message("營業項目", "business items"),
-    "main_products": message("主要產品或服務", "main products or services"),
-    "sales_regions": message("銷售區域", "sales regions"),
-    "personal_data": message("同意蒐集個人資料", "consents to the personal-data collection"),
-    "truthful": message("所填資料屬實", "what was filled in is true"),
-    "domains": message("應用領域", "domains"),
-    "domain_other": message("其他領域", "other domain"),
-    "environments": message("環境類型", "environments"),
-    "container": message("容器環境", "container environment"),
-    "model_name": message("模型名稱", "model name"),
-    "version": message("版本", "version"),
-    "download_link": message("下載連結", "download link"),
-    "base_model": message("基礎模型", "base model"),
-    "no_code_models": message("No-Code 預設模型", "No-Code preset models"),
-    "validation_models": message("模型驗證使用之模型", "models for validation"),
-    "preset_models": message("預設模型", "preset models"),
-    "dataset": message("訓練資料集", "dataset"),
-    "text_tokens": message("文字（tokens）", "text (tokens)"),
-    "speech_hours": message("語音（小時）", "speech (hours)"),
-    "video_hours": message("影片（小時）", "video (hours)"),
-    "video_resolution": message("影片平均解析度", "average video resolution"),
-    "image_count": message("圖片（張）", "images (count)"),
-    "image_resolution": message("圖片平均解析度", "average image resolution"),
-    "description": message("資料內容說明", "description of the content"),
-    "open_datasets": message("選用之開放資料集", "chosen open data sets"),
-    "model_count": message("模型數", "number of models"),
-    "application_count": message("應用數", "number of applications"),
-    "report_agreement": message("同意繳交結案資料", "agrees to deliver the closing documents"),
-    "demo_meeting": message("同意出席成果發表會", "agrees to attend the demo meeting"),
-    "bonus": message("加分項目", "bonus items"),
-    "mou_link": message("場域合作備忘錄", "field-partner MOU"),
-    "product_material_link": message("既有產品資料", "existing product material"),
-    "open_dataset_url": message("開放資料集網址", "open dataset URL"),
-    "open_model_url": message("開源模型網址", "open model URL"),
-    "open_code_url": message("開源程式碼網址", "open code URL"),
-    "registrations": message("能力登錄", "capability registrations"),
-    "kind": message("類別", "kind"),
-    "number": message("字號", "number"),
-    "productisation.target_customers": message("目標客群", "target customers"),
-    "productisation.progress": message("目前進度", "progress"),
-    "productisation.product_form": message("產品型態", "product form"),
-    "productisation.pricing_unit": message("計價單位", "pricing unit"),
-    "other_needs": message("其他需求", "other needs"),
-    "pledge": message("切結", "pledge"),
-    # the automatic checks' evidence
-    "rule": message("規則", "rule"),
-    "allowed": message("允許的代碼", "allowed codes"),
-    "declared": message("申請者聲明", "declared"),
-    "findings": message("發現", "findings"),
-    "since": message("起算日", "since"),
-    "maker": message("開發者", "maker"),
-    "field": message("欄位", "field"),
-    "value": message("內容", "value"),
-    "matched": message("符合之處", "matched"),
-    "path": message("檔案", "file"),
-    "registered_in_taiwan": message("於我國依法登記", "registered in Taiwan"),
-    "not_branch_office": message("非分公司", "not a branch office"),
-    "not_china_invested": message("非陸資", "not China-invested"),
-    "no_major_breach": message(
-        "近三年無政府計畫重大違約", "no major breach of a government project in 3 years"
-    ),
-    "no_serious_violation": message(
-        "近三年無重大違反環保、勞工、食安或身障權益法規",
-        "no serious violation of environmental, labour, food-safety or disability law in 3 years",
-    ),
-    "importance": message("重要性", "importance"),
-    "industry_application": message("產業應用", "industry application"),
-    "application_scenario": message("應用情境", "application scenario"),
-    "benefit": message("預期效益", "expected benefit"),
-    "productisation": message("產品化規劃", "productisation plan"),
-}
-# the values of the documents' choice fields, by the field's key
-CHOICE_LABELS = {
-    "domains": {
-        "healthcare": message("醫療", "healthcare"),
-        "disaster_prevention": message("防災", "disaster prevention"),
-        "manufacturing": message("製造", "manufacturing"),
-        "retail": message("零售", "retail"),
-        "finance": message("金融", "finance"),
-        "public_welfare": message("公益", "public welfare"),
-        "transport": message("交通", "transport"),
-        "education": message("教育", "education"),
-        "other": message("其他", "other"),
-    },
-    "environments": {
-        "A": message("A 容器環境", "A container environment"),
-        "B": message("B No-Code 訓練", "B No-Code training"),
-        "C": message("C 模型驗證（API）", "C model validation (API)"),
-    },
-    "kind": {
-        "aml_payment": message("支付服務洗錢防制", "AML for payment services"),
-        "e_signature": message("電子簽章", "e-signature"),
-        "data_economy": message("數據經濟", "data economy"),
-        "ai_technical_service": message("AI 技術服務", "AI technical service"),
-        "information_service": message("資訊服務", "information service"),
-        "information_security": message("資訊安全", "information security"),
-    },
-}
-SUPPORTING_LINKS = ("mou_link", "product_material_link", "open_dataset_url")
-SUPPORTING_LINKS_BY_CATEGORY = {
-    Category.TRAINING: (*SUPPORTING_LINKS, "open_model_url"),
-    Category.INFERENCE: (*SUPPORTING_LINKS, "open_code_url"),
-}
 REQUIRED = validation.REQUIRED
 SCORE_MESSAGE = message("請填 0 到 100 的整數", "a whole score from 0 to 100")
 DAY_MESSAGE = message("日期格式應為 YYYY-MM-DD", "a date is written YYYY-MM-DD")
 TIME_MESSAGE = message("時間格式應為 HH:MM", "a time is written HH:MM")
 TIER_MESSAGE = message("請選擇級別 L1、L2 或 L3", "choose the tier L1, L2 or L3")
-
-
-def field_label(path: str) -> str:
-    """The label of a document field (``proposal.dataset.text_tokens``)."""
-    key = path.rsplit(".", 1)[-1]
-    return FIELD_LABELS.get(path) or FIELD_LABELS.get(key) or key
-
-
-def choice_label(path: str, value: str) -> str | None:
-    """The label of a choice's value (``proposal.domains``: ``healthcare``); None for a value
-    typed freely (shown as typed, never split as a bilingual text)."""
-    return CHOICE_LABELS.get(path.rsplit(".", 1)[-1], {}).get(value)
 
 
 def taipei_text(moment: datetime | None) -> str:
@@ -299,14 +158,34 @@ def my_assignment(db: Session, reviewer: Account, application_id: int) -> MyAssi
     return found[0] if found else None
 
 
-def supplement_choices(application: Application) -> list[str]:
-    """The fields an operator may ask for: each part, and each field the part holds."""
-    docs = apps.documents(application)
+@dataclass(frozen=True)
+class SupplementChoice:
+    path: str
+    label: str  # a message id of the applicant's form
+    whole_section: bool
+
+
+def supplement_choices(category: str) -> list[SupplementChoice]:
+    """What an operator may ask the applicant to change: each section that stands for a part
+    of the documents (``proposal.dataset``), and each field, as the applicant's form has them."""
     choices = []
-    for section in apps.SECTIONS:
-        choices.append(section)
-        choices += [f"{section}.{key}" for key in docs[section]]
+    for part in application_form.parts_for(category):
+        for section in part.sections:
+            if section.path:
+                choices.append(SupplementChoice(section.path, section.title, True))
+            choices += [
+                SupplementChoice(f.path, f.label, False) for f in section.fields_for(category)
+            ]
     return choices
+
+
+def supporting_fields(category: str) -> list[application_form.Field]:
+    """The bonus section's links and uploaded files."""
+    return [
+        f
+        for f in application_form.fields_for(category)
+        if f.path.startswith("proposal.bonus.") and (f.kind == "file" or f.inputmode == "url")
+    ]
 
 
 # ---- forms -------------------------------------------------------------------------------------
@@ -461,9 +340,12 @@ class ReviewPagesHandler(BaseHandler):
             taipei_text=taipei_text,
             last_second_text=last_second_text,
             hundredths=hundredths,
-            field_label=field_label,
-            choice_label=choice_label,
             http_url=http_url,
+            status_labels=application_form.STATUS_LABELS,
+            category_labels=application_form.CATEGORY_LABELS,
+            document_parts=application_form.parts_for,
+            value_at=application_form.value_at,
+            file_parts={path: part for part, path in application_form.FILE_PARTS.items()},
             **ns,
         )
 
@@ -597,7 +479,7 @@ class ApplicationPage(OperatorHandler):
                     if status is A.AWARDED
                     else None
                 ),
-                "supplement_choices": supplement_choices(application),
+                "supplement_choices": supplement_choices(application.category),
                 "criteria": apps.CRITERIA,
             }
         self.render_page(
@@ -605,7 +487,7 @@ class ApplicationPage(OperatorHandler):
             **view,
             status=status,
             settings=settings,
-            supporting=SUPPORTING_LINKS_BY_CATEGORY[Category(application.category)],
+            supporting=supporting_fields(application.category),
             today=taipei(utcnow()).date(),
             notice=self.get_query_argument("done", ""),
             form=form,
@@ -1024,7 +906,7 @@ class ReviewApplicationPage(ReviewerHandler):
             total=hundredths(sheet.total_hundredths) if sheet else None,
             weighted=weighted,
             open_for_scoring=application.status == A.PROFESSIONAL_REVIEW,
-            supporting=SUPPORTING_LINKS_BY_CATEGORY[category],
+            supporting=supporting_fields(category),
             saved=self.get_query_argument("saved", "") == "1",
             sheet_values=sheet_values,
             form=form,

@@ -333,13 +333,10 @@ def test_the_application_page_shows_documents_files_checks_and_history(stack, op
     for typed in ("22099131", "lead@startup.example.tw", "0912-345-678", "120,000,000"):
         assert typed in documents
     # choices by their names: the domain healthcare, the registration's kind
-    assert (
-        "醫療" in documents
-        and "AI 技術服務" in documents
-        and "ai_technical_service" not in documents
-    )
+    assert "醫療健康" in documents and "人工智慧技術服務機構能量登錄" in documents
+    assert "ai_technical_service" not in documents and "healthcare" not in documents
     files = soup.find(id="supporting-files")
-    links = {li["data-path"]: li for li in files.find_all("li")}
+    links = {dd["data-path"]: dd for dd in files.find_all("dd")}
     assert links["proposal.bonus.product_material_link"].a["href"] == (
         "https://startup.example.tw/product"
     )
@@ -702,10 +699,10 @@ def test_review_pages_switch_to_english(stack, reviewer, operator, world):
     assert (
         soup.find(id="professional-review-title").get_text() == "Professional review and reviewers"
     )
-    assert soup.find(attrs={"data-status": True}).get_text() == "in professional review"
-    assert soup.find(attrs={"data-path": "company.business_number"}).get_text() == (
-        "business number"
-    )
+    assert soup.find(attrs={"data-status": True}).get_text() == "Professional review"
+    number = soup.select_one('#documents dd[data-path="company.business_number"]')
+    assert number.get_text() == "12345675"
+    assert number.find_previous_sibling("dt").get_text() == "Unified business number"
     # remembered by the service's cookie; the reviewer's own choice is theirs
     assert page(operator, stack, "admin/rounds").find("h1").get_text() == "Rounds"
     soup = page(reviewer, stack, f"review/applications/{world['scoring']}?lang=en")
