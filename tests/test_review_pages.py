@@ -15,9 +15,9 @@ import requests
 from bs4 import BeautifulSoup
 from sqlalchemy import func, select
 
+from quota_service import application_form, closing, ledger, review
 from quota_service import applications as apps
 from quota_service import db as database
-from quota_service import ledger, review
 from quota_service.awards import hash_key
 from quota_service.models import (
     Account,
@@ -32,11 +32,14 @@ from quota_service.models import (
     ScoreSheet,
     SupplementRequest,
 )
+from quota_service.storage import LocalFileStore
 from quota_service.timewindow import TAIPEI, taipei, utcnow
+from tests import application_samples as sample
 from tests import test_e2e
 from tests.application_flow import NOW, account, make_round, qualified, submitted
 from tests.platform import QuotaDB
 from tests.stack import Stack
+from tests.test_closing import PDF
 from tests.test_review import INFERENCE_SCORES, TRAINING_SCORES
 
 pytestmark = pytest.mark.e2e
@@ -79,8 +82,18 @@ def score(db, reviewer: Account, application: Application, scores: dict[str, int
     review.submit_sheet(db, reviewer, application, scores, now=NOW)
 
 
+def uploaded_mou(stack: Stack) -> dict:
+    """A training proposal with a field-partner MOU uploaded (its record in the proposal, the
+    file in the service's store), as the applicant's page keeps one."""
+    record, body = application_form.file_record(0, closing.Upload("合作備忘錄.pdf", PDF))
+    LocalFileStore(stack.state / "files").save(record["key"], body)
+    proposal = sample.training()
+    proposal["bonus"]["mou_file"] = record
+    return proposal
+
+
 @pytest.fixture(scope="module")
-def world(quota_db) -> dict[str, int]:
+def world(stack, quota_db) -> dict[str, int]:
     """One application per scenario, at the stage the scenario starts from, made through the
     domain (the applicant's pages are another module's)."""
     with database.transaction(quota_db.factory) as db:
@@ -94,7 +107,9 @@ def world(quota_db) -> dict[str, int]:
             return qualified(db, operator, owner, training, business_number=number)
 
         fresh = submitted(db, owner, training, business_number="22099131")
-        scoring = qualified_training("04595257")
+        scoring = qualified(
+            db, operator, owner, training, business_number="04595257", proposal=uploaded_mou(stack)
+        )
         recusal = qualified_training("24536806")
         meeting = qualified_training("53212539")
         unassigned = qualified_training("12345675")
@@ -508,6 +523,14 @@ def test_score_sheet_shows_weights_and_bonus_and_keeps_input_on_errors(
     assert bonus == {"open_model": "true", "open_dataset": "true", "registrations": "true"}
     links = soup.find(id="supporting-files").get_text()
     assert "https://huggingface.co/startup/clinic-llama" in links
+    # the uploaded MOU: a download for the assigned reviewer, not for another reviewer
+    mou = soup.select_one('#supporting-files dd[data-path="proposal.bonus.mou_file"] a')
+    assert mou.get_text() == "合作備忘錄.pdf"
+    assert mou["href"] == f"{PREFIX}applications/{app_id}/files/mou"
+    download = reviewer.get(stack.url(mou["href"]), timeout=30)
+    assert download.status_code == 200 and download.content == PDF
+    other = stack.sign_in("reviewer2")
+    assert other.get(stack.url(mou["href"]), timeout=30).status_code == 404
     assert "門診問答" in soup.find(id="documents").get_text()
     assert soup.find(id="criteria") is None  # the qualification review is the operator's
 
