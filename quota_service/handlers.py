@@ -506,6 +506,7 @@ def routes() -> list[tuple[str, type]]:
         application_api,
         application_pages,
         project_pages,
+        review_pages,
     )
 
     return project_pages.routes() + [
@@ -523,4 +524,5 @@ def routes() -> list[tuple[str, type]]:
         (r"api/v1/network-refusals", NetworkRefusalsAPI),
         (r"metrics", MetricsHandler),
         *application_api.routes(),
+        *review_pages.routes(),
     ]
