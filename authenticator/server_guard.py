@@ -19,17 +19,30 @@ Every request through the proxy from a banned region, or from outside the truste
 when they apply, is answered with 403 and the bilingual message before any handler runs
 (JupyterLab, the API, kernels' websockets, terminals). Requests from the hub itself (no
 X-Forwarded-For, from one of ``proxy_networks``) pass.
+
+A banned-region refusal is also reported to the quota service (``POST
+<AIPOWER_QUOTA_URL>/api/v1/network-refusals`` with the server's own token, so it is recorded
+against the owner and their company, as the hub's refusals are), at most once a minute per
+address: a client retrying in a loop must not flood the record or the service.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import os
+import time
+
+from tornado.httpclient import AsyncHTTPClient
+from tornado.ioloop import IOLoop
 
 from quota_service.network import (
+    BANNED_REGION,
     NetworkPolicy,
     NetworkRefusal,
     guard_application,
     is_platform_request,
+    plain_refusal_handler,
     split_list,
     trusted_networks_apply,
     trusted_refusal,
@@ -38,6 +51,10 @@ from quota_service.network import (
 EXTENSION = "authenticator.server_guard"
 APPLY = "AIPOWER_TRUSTED_NETWORKS_APPLY"
 TRUSTED = "AIPOWER_TRUSTED_NETWORKS"
+QUOTA_URL = "AIPOWER_QUOTA_URL"
+REPORT_EVERY_SECONDS = 60
+REPORT_TIMEOUT = 5.0
+log = logging.getLogger(__name__)
 
 
 def decide(request, policy: NetworkPolicy, trusted: list[str] | None) -> NetworkRefusal | None:
@@ -51,6 +68,72 @@ def decide(request, policy: NetworkPolicy, trusted: list[str] | None) -> Network
     return refusal
 
 
+class RefusalReporter:
+    """Sends banned-region refusals to the quota service, once a minute per address at most.
+    Reporting never delays or changes the refusal itself."""
+
+    def __init__(self, quota_url: str, token: str, server_name: str = "", clock=time.monotonic):
+        self.url = quota_url.rstrip("/") + "/api/v1/network-refusals"
+        self.token, self.server_name, self.clock = token, server_name, clock
+        self.last_sent: dict[str, float] = {}
+
+    def due(self, refusal: NetworkRefusal) -> bool:
+        if refusal.code != BANNED_REGION:
+            return False
+        now, last = self.clock(), self.last_sent.get(refusal.address)
+        if last is not None and now - last < REPORT_EVERY_SECONDS:
+            return False
+        self.last_sent[refusal.address] = now
+        return True
+
+    async def send(self, refusal: NetworkRefusal, attempt: str) -> None:
+        body = {"address": refusal.address, "attempt": attempt, "server_name": self.server_name}
+        try:
+            response = await AsyncHTTPClient().fetch(
+                self.url,
+                method="POST",
+                body=json.dumps(body),
+                headers={
+                    "Authorization": f"token {self.token}",
+                    "Content-Type": "application/json",
+                },
+                request_timeout=REPORT_TIMEOUT,
+                connect_timeout=REPORT_TIMEOUT,
+                raise_error=False,
+            )
+        except OSError as e:
+            log.warning("Refusal of %s not reported to the quota service: %s", refusal.address, e)
+            return
+        if response.code != 201:
+            log.warning(
+                "Refusal of %s not recorded: the quota service answered %s",
+                refusal.address,
+                response.code,
+            )
+
+    def handler(self):
+        """The refusal page's handler: the plain 403, then the report in the background."""
+        reporter = self
+
+        class ReportedRefusal(plain_refusal_handler()):
+            def on_finish(self):
+                if reporter.due(self.refusal):
+                    attempt = f"{self.request.method} {self.request.path}"
+                    IOLoop.current().spawn_callback(reporter.send, self.refusal, attempt)
+
+        return ReportedRefusal
+
+
+def reporter_from_environment(environ=os.environ) -> RefusalReporter | None:
+    if not environ.get(QUOTA_URL) or not environ.get("JUPYTERHUB_API_TOKEN"):
+        return None
+    return RefusalReporter(
+        environ[QUOTA_URL],
+        environ["JUPYTERHUB_API_TOKEN"],
+        environ.get("JUPYTERHUB_SERVER_NAME", ""),
+    )
+
+
 def _jupyter_server_extension_points():
     return [{"module": EXTENSION}]
 
@@ -58,7 +141,16 @@ def _jupyter_server_extension_points():
 def _load_jupyter_server_extension(serverapp):
     policy = NetworkPolicy.instance()
     trusted = split_list(os.environ.get(TRUSTED)) if os.environ.get(APPLY) == "1" else None
-    guard_application(serverapp.web_app, lambda request: decide(request, policy, trusted))
+    reporter = reporter_from_environment()
+    if reporter is None:
+        serverapp.log.warning(
+            "Refusals stay in this log: no %s or API token to report them", QUOTA_URL
+        )
+    guard_application(
+        serverapp.web_app,
+        lambda request: decide(request, policy, trusted),
+        reporter.handler() if reporter else None,
+    )
     serverapp.log.info(
         "Network rules of use: banned %s; trusted addresses %s",
         ",".join(policy.banned_countries),

@@ -157,6 +157,7 @@ c.JupyterHub.services.append(
         "command": [
             sys.executable,
             "-m",
+            "hub_config.with_parent",  # gone with the hub, even after kill -9
             "jupyterhub_idle_culler",
             f"--timeout={idle_timeout}",
             f"--cull-every={idle_cull_every}",

@@ -155,3 +155,14 @@ def trusted_networks_of(db: Session, project: Project | None) -> list[str]:
     if project is None or project.category != Category.TRAINING:
         return []
     return awards.trusted_networks(db, project.id)
+
+
+def account_of(db: Session, username: str, *, now: datetime) -> Account:
+    """The account of a person signed in to the hub, made at their first visit: a company's
+    first step (an application) comes before it is a member of anything."""
+    account = db.scalar(select(Account).where(Account.username == username))
+    if account is None:
+        account = Account(username=username, created_at=now)
+        db.add(account)
+        db.flush()
+    return account

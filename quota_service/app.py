@@ -17,16 +17,27 @@ from fractions import Fraction
 from pathlib import Path
 from urllib.parse import urlparse
 
-from jinja2 import Environment, PackageLoader, select_autoescape
+from jinja2 import Environment, PackageLoader, pass_context, select_autoescape
 from jupyterhub.services.auth import HubOAuth, HubOAuthCallbackHandler
+from jupyterhub.utils import url_path_join
 from tornado.httpserver import HTTPServer
 from tornado.ioloop import PeriodicCallback
 from tornado.web import Application as WebApplication
 from traitlets import Bool, Bytes, Enum, Integer, List, Unicode, default, validate
 from traitlets.config import Application
 
-from . import applications, handlers, idle_rule, lifecycle, metering, notifications
+from . import (
+    applications,
+    handlers,
+    i18n,
+    idle_rule,
+    lifecycle,
+    metering,
+    model_scans,
+    notifications,
+)
 from . import db as database
+from .banned_models import BannedModels
 from .hub_api import HubAPI
 from .metrics import ServiceMetrics
 from .timewindow import utcnow
@@ -35,6 +46,12 @@ from .timewindow import utcnow
 def _when(iso: str | None) -> str:
     """An ISO time from the read models, as people read it: 2026-11-28 11:47:06 (Taipei)."""
     return "—" if not iso else iso[:19].replace("T", " ")
+
+
+@pass_context
+def _bilingual(context, text: str) -> str:
+    """A domain's "中文 / English" text in the page's language."""
+    return context["translator"].bilingual(text)
 
 
 class QuotaService(Application):
@@ -242,6 +259,22 @@ class QuotaService(Application):
     def _default_volumes_namespace(self):
         return os.environ.get("AIPOWER_VOLUMES_NAMESPACE") or os.environ.get("POD_NAMESPACE", "")
 
+    model_scan_hours = Integer(
+        24,
+        help="""Hours between scans of each project member's home folder for banned models
+        (under homes_dir), e.g. 24; 0 turns the scan off. Env: AIPOWER_MODEL_SCAN_HOURS.""",
+    ).tag(config=True)
+
+    @default("model_scan_hours")
+    def _default_model_scan_hours(self):
+        return int(os.environ.get("AIPOWER_MODEL_SCAN_HOURS", "24"))
+
+    @validate("model_scan_hours")
+    def _check_model_scan_hours(self, proposal):
+        if proposal.value < 0:
+            raise ValueError("model_scan_hours cannot be negative (0 turns the scan off)")
+        return proposal.value
+
     purge_grace_days = Integer(
         0,
         help="""Days after the window ends before storage is purged, e.g. 0 (the guideline:
@@ -321,6 +354,11 @@ class QuotaService(Application):
         help="JupyterHub scope that opens the service's admin pages (operators' role).",
     ).tag(config=True)
 
+    review_scope = Unicode(
+        "custom:aipower:review",
+        help="JupyterHub scope that opens the reviewers' pages (reviewers' role).",
+    ).tag(config=True)
+
     hub_scope = Unicode(
         "custom:aipower:hub",
         help="JupyterHub scope of the hub's own agent, for the internal API.",
@@ -342,6 +380,11 @@ class QuotaService(Application):
             autoescape=select_autoescape(default=True),
         )
         self.templates.filters["when"] = _when
+        self.templates.filters["bilingual"] = _bilingual
+        self.translators = i18n.read_catalogues()
+        base_url = os.environ.get("JUPYTERHUB_BASE_URL", "/")
+        self.hub_static = url_path_join(base_url, "hub/static/")
+        self.hub_home = url_path_join(base_url, "hub/home")
         self.mailer = notifications.Mailer(
             self.smtp_host,
             self.smtp_port,
@@ -425,7 +468,7 @@ class QuotaService(Application):
 
     def housekeep_once(self) -> None:
         """Jobs of the calendar: close ended projects, withdraw applications whose supplement
-        deadline passed, purge storage, expire old audit rows."""
+        deadline passed, purge storage, expire old audit rows, scan homes for banned models."""
         now = utcnow()
         with database.transaction(self.session_factory) as db:
             lifecycle.close_ended_windows(db, now=now)
@@ -440,6 +483,14 @@ class QuotaService(Application):
         with database.transaction(self.session_factory) as db:
             lifecycle.expire_audit_events(
                 db, now=now, keep=timedelta(days=self.audit_retention_days)
+            )
+        if self.homes_dir and self.model_scan_hours:
+            model_scans.scan_due(
+                self.session_factory,
+                Path(self.homes_dir),
+                BannedModels.instance(parent=self).compiled(),
+                now=now,
+                every=timedelta(hours=self.model_scan_hours),
             )
 
     async def _notify_safely(self):

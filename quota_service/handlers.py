@@ -6,16 +6,17 @@ import json
 import logging
 from http.client import responses
 from pathlib import Path
+from urllib.parse import parse_qsl, urlencode, urlparse
 
 from jupyterhub.services.auth import HubOAuthenticated, UserNotAllowed
 from tornado import web
 
 from spawner.points import points_to_millipoints
 
-from . import access, audit, ledger, metering, network, notifications, projects, reports
+from . import access, audit, i18n, ledger, metering, network, notifications, projects, reports
 from . import db as database
 from .metering import ServerRequest, SessionRefused
-from .models import Project, ProjectStatus, UsageSession
+from .models import Account, Project, ProjectStatus, UsageSession
 from .timewindow import utcnow
 
 OPENAPI = Path(__file__).parent / "openapi.yaml"
@@ -52,13 +53,58 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
     def is_operator(self) -> bool:
         return self.service.admin_scope in self.current_user.get("scopes", [])
 
+    def account(self, db) -> Account:
+        """The signed-in person's account (made at their first visit)."""
+        return access.account_of(db, self.username, now=utcnow())
+
+    @property
+    def is_reviewer(self) -> bool:
+        return self.service.review_scope in self.current_user.get("scopes", [])
+
+    @property
+    def translator(self) -> i18n.Translator:
+        """The page's language: ``?lang=`` (then remembered in a cookie), the cookie, or zh_TW."""
+        if not hasattr(self, "_translator"):
+            requested = self.get_query_argument("lang", None)
+            locale = i18n.choose_locale(requested, self.get_cookie(i18n.COOKIE))
+            if requested == locale:
+                self.set_cookie(
+                    i18n.COOKIE,
+                    locale,
+                    path=self.service.service_prefix,
+                    httponly=True,
+                    samesite="Lax",
+                    expires_days=365,
+                )
+            self._translator = self.service.translators[locale]
+        return self._translator
+
+    def _(self, message: str) -> str:
+        return self.translator.gettext(message)
+
+    def language_links(self) -> list[tuple[str, str, str]]:
+        """(locale, label, href) of the language switch: this page in each language."""
+        query = [(k, v) for k, v in parse_qsl(urlparse(self.request.uri).query) if k != "lang"]
+        path = urlparse(self.request.uri).path
+        return [
+            (locale, label, path + "?" + urlencode([*query, ("lang", locale)]))
+            for locale, label in (("zh_TW", "中文"), ("en", "English"))
+        ]
+
     def render_page(self, template: str, **ns) -> None:
         page = self.service.templates.get_template(template)
+        signed_in = self.current_user is not None
         self.finish(
             page.render(
                 prefix=self.service.service_prefix,
+                hub_static=self.service.hub_static,
+                hub_home=self.service.hub_home,
                 user=self.current_user,
-                is_operator=self.current_user is not None and self.is_operator,
+                is_operator=signed_in and self.is_operator,
+                is_reviewer=signed_in and self.is_reviewer,
+                translator=self.translator,
+                _=self.translator.gettext,
+                language_links=self.language_links(),
                 xsrf_form_html=self.xsrf_form_html(),
                 **ns,
             )
@@ -360,6 +406,40 @@ class RefusalsAPI(InternalAPIHandler):
         self.finish()
 
 
+class NetworkRefusalsAPI(APIHandler):
+    """A single-user server reports a banned-region connection it refused, with its own token:
+    recorded against the server's owner and their company, like the hub's refusals. The
+    service judges the address itself, so a report cannot record anything but a refusal the
+    rules call for."""
+
+    def post(self):
+        if self.current_user.get("kind") != "user":
+            raise web.HTTPError(
+                403, "只有使用者伺服器能回報 / only a user's server reports refusals"
+            )
+        body = self.read_json()
+        policy = network.NetworkPolicy.instance()
+        refusal = policy.region_refusal(network.parse_address(str(body.get("address", ""))))
+        if refusal is None:
+            raise web.HTTPError(
+                422,
+                "這個位址不在禁止地區 / this address is not in a banned region",
+                reason="not-banned",
+            )
+        server = str(body.get("server_name", ""))[:255] or "default"
+        attempt = f"server {server}: {str(body.get('attempt', ''))[:200]}"
+        with self.db() as db:
+            event = network.record_refusal(
+                db,
+                refusal,
+                username=self.username,
+                attempt=attempt,
+                actor=self.username,
+                now=utcnow(),
+            )
+            self.write_json({"recorded": event.id, "country": refusal.country}, 201)
+
+
 class MetricsHandler(APIHandler):
     """Prometheus exposition; needs a token with JupyterHub's own ``read:metrics`` scope."""
 
@@ -413,5 +493,6 @@ def routes() -> list[tuple[str, type]]:
         (r"api/v1/internal/sessions", SessionsAPI),
         (r"api/v1/internal/sessions/(\d+)/close", SessionCloseAPI),
         (r"api/v1/internal/refusals", RefusalsAPI),
+        (r"api/v1/network-refusals", NetworkRefusalsAPI),
         (r"metrics", MetricsHandler),
     ]

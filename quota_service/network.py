@@ -367,7 +367,7 @@ def guard_application(app, decide, refused_handler=None) -> None:
     ``refused_handler`` (given ``refusal=``), by default a plain 403 with the bilingual
     message, before any of the application's handlers runs."""
     find_handler = app.find_handler
-    handler_class = refused_handler or _plain_refusal_handler()
+    handler_class = refused_handler or plain_refusal_handler()
 
     def guarded(request, **kwargs):
         refusal = decide(request)
@@ -378,7 +378,7 @@ def guard_application(app, decide, refused_handler=None) -> None:
     app.find_handler = guarded
 
 
-def _plain_refusal_handler():
+def plain_refusal_handler():
     from tornado import web
 
     class Refused(web.RequestHandler):

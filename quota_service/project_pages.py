@@ -11,7 +11,7 @@ from tornado import web
 
 from spawner.points import points_to_millipoints
 
-from . import access, closing, ledger, reports, usage
+from . import access, closing, ledger, model_scans, reports, usage
 from .handlers import AdminPage, BaseHandler
 from .models import LedgerKind, Project
 from .storage import LocalFileStore
@@ -215,8 +215,20 @@ class AdminAdjust(AdminPage):
         self.redirect(f"{self.service.service_prefix}admin#project-{int(project_id)}")
 
 
+class AdminModelScans(AdminPage):
+    """The latest scan of each member's storage for banned models, findings first."""
+
+    @web.authenticated
+    def get(self):
+        self.require_operator()
+        with self.db() as db:
+            scans = model_scans.latest_scans(db)
+        self.render_page("admin_model_scans.html", scans=scans)
+
+
 def routes() -> list[tuple[str, type]]:
     return [
+        (r"admin/model-scans", AdminModelScans),
         (r"projects/(\d+)/usage\.csv", UsageCSV),
         (r"projects/(\d+)/closing", ClosingPage),
         (r"projects/(\d+)/closing/(final-report|slides)", ClosingFile),

@@ -208,3 +208,11 @@ def test_refusal_messages_are_bilingual():
         zh, en = refusal.message.split(" / ")
         assert zh == refusal.zh and en == refusal.en
         assert not zh.isascii() and en.isascii()
+
+
+def test_a_person_gets_an_account_at_the_first_visit_and_keeps_it(db):
+    first = access.account_of(db, "newcomer@startup.example.tw", now=at("2026-11-28 09:00"))
+    again = access.account_of(db, "newcomer@startup.example.tw", now=at("2026-11-29 09:00"))
+    assert first.id == again.id
+    assert again.created_at == at("2026-11-28 09:00")
+    assert db.query(Account).filter_by(username="newcomer@startup.example.tw").count() == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import pytest
 from playwright.sync_api import expect, sync_playwright
@@ -11,6 +12,7 @@ from tests.stack import Stack
 
 pytestmark = pytest.mark.e2e
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+MODELS = Path(__file__).parent / "data" / "models"
 CHROMIUM_FLAGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -24,7 +26,10 @@ CHROMIUM_FLAGS = [
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    platform = Stack(tmp_path_factory.mktemp("browser-stack"), metering_interval=5).start()
+    state = tmp_path_factory.mktemp("browser-stack")
+    # the trainee keeps a Qwen2 model in their home: the storage scan has something to find
+    shutil.copytree(MODELS / "qwen2-7b", state / "homes" / "trainee" / "models" / "qwen2-7b")
+    platform = Stack(state, metering_interval=5).start()
     yield platform
     platform.stop()
 
@@ -108,3 +113,50 @@ def test_operator_grants_points_and_a_bad_amount_keeps_what_was_typed(stack, chr
 
     assert Decimal(after) == Decimal(before) + Decimal("12.5")
     page.close()
+
+
+def test_pages_are_in_traditional_chinese_and_switch_to_english_without_javascript(stack, chromium):
+    context = chromium.new_context(java_script_enabled=False)
+    page = context.new_page()
+    # sign-in needs the provider's form only, which works without JavaScript
+    sign_in(page, stack, "trainee")
+    page.goto(stack.url("/services/quota/"))
+    expect(page.locator("html")).to_have_attribute("lang", "zh-Hant-TW")
+    nav = page.get_by_role("navigation", name="平台")
+    expect(nav.get_by_role("link", name="我的計畫")).to_be_visible()
+    # the hub's stylesheet (Bootstrap 5) is what styles the page
+    assert page.evaluate("getComputedStyle(document.querySelector('nav')).display") == "flex"
+
+    page.get_by_role("link", name="English").click()
+    expect(page.locator("html")).to_have_attribute("lang", "en")
+    expect(page.get_by_role("navigation", name="Platform")).to_contain_text("My projects")
+    # remembered: the next page without ?lang= is English too, and the switch goes back
+    page.goto(stack.url("/services/quota/"))
+    expect(page.locator("html")).to_have_attribute("lang", "en")
+    page.get_by_role("link", name="中文").click()
+    expect(page.locator("html")).to_have_attribute("lang", "zh-Hant-TW")
+    context.close()
+
+
+def test_operator_reads_the_banned_model_scan_with_its_evidence(stack, chromium):
+    page = chromium.new_page()
+    sign_in(page, stack, "operator")
+    page.goto(stack.url("/services/quota/admin"))
+    page.get_by_role("link", name="禁用模型掃描").click()
+    expect(page.locator("h1")).to_have_text("禁用模型掃描")
+    row = page.locator('#model-scans tr[data-username="trainee"]')
+    expect(row).to_contain_text("發現禁用模型")
+    expect(row).to_contain_text("models/qwen2-7b/config.json")
+    expect(row).to_contain_text("Qwen2ForCausalLM")
+    expect(row).to_contain_text("示範智能股份有限公司")
+    page.get_by_role("link", name="English").click()
+    expect(page.locator('#model-scans tr[data-username="trainee"]')).to_contain_text(
+        "Banned models found"
+    )
+    # not for the people it is about
+    trainee = chromium.new_page()
+    sign_in(trainee, stack, "trainee")
+    trainee.goto(stack.url("/services/quota/admin/model-scans"))
+    expect(trainee.locator("h1")).to_contain_text("403")
+    page.close()
+    trainee.close()

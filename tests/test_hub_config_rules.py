@@ -52,6 +52,7 @@ def test_the_hub_starts_the_idle_culler_with_the_timeout(monkeypatch, tmp_path):
     culler = services(config)["idle-culler"]
     assert culler["command"][1:] == [
         "-m",
+        "hub_config.with_parent",
         "jupyterhub_idle_culler",
         "--timeout=3600",
         "--cull-every=300",
@@ -63,7 +64,7 @@ def test_the_hub_starts_the_idle_culler_with_the_timeout(monkeypatch, tmp_path):
             assert service in services(config), service
 
     config = load_hub_config(monkeypatch, tmp_path, AIPOWER_IDLE_TIMEOUT="120")
-    assert services(config)["idle-culler"]["command"][3:] == ["--timeout=120", "--cull-every=60"]
+    assert services(config)["idle-culler"]["command"][4:] == ["--timeout=120", "--cull-every=60"]
     with pytest.raises(ValueError, match="positive"):
         load_hub_config(monkeypatch, tmp_path, AIPOWER_IDLE_TIMEOUT="0")
 
@@ -88,3 +89,42 @@ def test_network_settings_reach_the_hub_and_the_quota_service(monkeypatch, tmp_p
     quota_env = services(config)["quota"]["environment"]
     assert quota_env["AIPOWER_TRUSTED_PROXIES"] == "10.0.0.0/24,2001:db8:1::/64"
     assert quota_env["AIPOWER_ENFORCE_TRUSTED_NETWORKS"] == "1"
+
+
+def test_a_service_started_by_a_process_that_is_killed_goes_with_it(tmp_path):
+    """A real process tree: a stand-in hub starts `python -m hub_config.with_parent
+    http.server` (a module that would serve forever), then is killed with SIGKILL."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import psutil
+
+    from tests.platform import wait_for
+
+    hub = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import subprocess, sys, time; "
+            "p = subprocess.Popen([sys.executable, '-m', 'hub_config.with_parent', "
+            "'http.server', '0', '--bind', '127.0.0.1'], start_new_session=True); "
+            "print(p.pid, flush=True); time.sleep(600)",
+        ],
+        stdout=subprocess.PIPE,
+        cwd=tmp_path,
+        env=os.environ | {"PYTHONPATH": os.pathsep.join(sys.path)},
+        text=True,
+    )
+    service = psutil.Process(int(hub.stdout.readline()))
+    try:
+        wait_for(lambda: service.net_connections(kind="tcp"), 30, "the service listening")
+        assert service.cmdline()[-4:] == ["http.server", "0", "--bind", "127.0.0.1"]
+        hub.send_signal(signal.SIGKILL)
+        hub.wait()
+        wait_for(lambda: not service.is_running() or service.status() == "zombie", 10, "gone")
+    finally:
+        hub.kill()
+        if service.is_running():
+            service.kill()

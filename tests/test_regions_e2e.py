@@ -10,6 +10,7 @@ load balancer on loopback, so its X-Forwarded-For is believed.
 from __future__ import annotations
 
 import json
+import time
 
 import psutil
 import pytest
@@ -165,6 +166,17 @@ def test_quota_service_api_refuses_banned_regions(stack, quota_db, operator):
     )
 
 
+def test_a_refusal_report_is_judged_by_the_service(stack, quota_db, operator):
+    _, api = operator
+    url = stack.url("/services/quota/api/v1/network-refusals")
+    before = len(refusals(quota_db))
+    allowed = api.post(url, json={"address": TW, "attempt": "GET /user/operator/lab"}, timeout=10)
+    assert allowed.status_code == 422 and allowed.json()["reason"] == "not-banned"
+    garbage = api.post(url, json={"address": "not an address"}, timeout=10)
+    assert garbage.status_code == 422
+    assert len(refusals(quota_db)) == before
+
+
 def test_hub_pages_and_api_refuse_banned_regions_on_every_request(stack, quota_db, operator):
     browser, api = operator
     url = stack.url("/hub/api/users/operator")
@@ -225,8 +237,9 @@ def test_spawn_from_a_banned_region_is_refused_and_nothing_runs(stack, quota_db,
     assert (event.subject_id, detail["attempt"]) == ("infer", "POST /hub/api/users/infer/server")
 
 
-def test_a_running_server_refuses_banned_regions(stack, infer):
+def test_a_running_server_refuses_banned_regions_and_reports_them(stack, quota_db, infer):
     browser, api = infer
+    recorded_before = len(refusals(quota_db))
     started = api.post(
         stack.url("/hub/api/users/infer/server"),
         json={"gpu_vendor": "nvidia", "gpu_count": 1},
@@ -256,6 +269,23 @@ def test_a_running_server_refuses_banned_regions(stack, infer):
         )
         assert status.status_code == 403 and "mainland China" in status.text
         assert api.get(stack.url("/user/infer/api/status"), timeout=30).status_code == 200
+        # the server reported both refusals, recorded against infer and its company; the
+        # Hong Kong client retrying at once is refused again but not recorded twice
+        assert (
+            browser.get(
+                stack.url("/user/infer/lab"), headers={"X-Forwarded-For": HK}, timeout=30
+            ).status_code
+            == 403
+        )
+        wait_for(lambda: len(refusals(quota_db)) >= recorded_before + 2, 30, "reports recorded")
+        time.sleep(2)
+        from_server = refusals(quota_db)[recorded_before:]
+        assert sorted((d["country"], d["attempt"]) for _, d in from_server) == [
+            ("CN", "server default: GET /user/infer/api/status"),
+            ("HK", "server default: GET /user/infer/lab"),
+        ]
+        assert {(e.subject_id, e.actor) for e, _ in from_server} == {("infer", "infer")}
+        assert all(d["companies"] for _, d in from_server)
     finally:
         api.delete(stack.url("/hub/api/users/infer/server"), timeout=60)
 

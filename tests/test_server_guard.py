@@ -12,7 +12,7 @@ from tornado.netutil import bind_sockets
 from tornado.web import Application, RequestHandler
 
 from authenticator import server_guard
-from quota_service.network import NetworkPolicy
+from quota_service.network import NetworkPolicy, parse_address
 
 TRUSTED = ["203.0.113.0/28", "2001:db8:42::/48"]
 
@@ -113,14 +113,51 @@ def test_the_extension_reads_its_environment(monkeypatch):
     monkeypatch.setenv("AIPOWER_TRUSTED_NETWORKS", "203.0.113.0/28")
     NetworkPolicy.clear_instance()
     app = Application([(r"/.*", Lab)])
-    logged = []
-    serverapp = SimpleNamespace(web_app=app, log=SimpleNamespace(info=lambda *a: logged.append(a)))
+    logged, warned = [], []
+    serverapp = SimpleNamespace(
+        web_app=app,
+        log=SimpleNamespace(info=lambda *a: logged.append(a), warning=lambda *a: warned.append(a)),
+    )
     try:
         server_guard._load_jupyter_server_extension(serverapp)
     finally:
         NetworkPolicy.clear_instance()
     assert app.find_handler.__name__ == "guarded"
     assert "203.0.113.0/28" in logged[0]
+    # no quota URL in this environment: refusals stay in the server's log, and it says so
+    assert "AIPOWER_QUOTA_URL" in warned[0]
     assert server_guard._jupyter_server_extension_points() == [
         {"module": "authenticator.server_guard"}
     ]
+
+
+def test_refusals_are_reported_once_a_minute_per_address():
+    now = [1000.0]
+    reporter = server_guard.RefusalReporter(
+        "http://quota:10101/services/quota/", "token", clock=lambda: now[0]
+    )
+    assert reporter.url == "http://quota:10101/services/quota/api/v1/network-refusals"
+    china = NetworkPolicy().region_refusal(parse_address("1.2.4.8"))
+    hong_kong = NetworkPolicy().region_refusal(parse_address("203.198.7.66"))
+    assert reporter.due(china)
+    now[0] += 59.9
+    assert not reporter.due(china)
+    assert reporter.due(hong_kong)  # another address is reported at once
+    now[0] += 0.1
+    assert reporter.due(china)
+    # an address outside the trusted ones is refused, but it is not a rule-of-use record
+    outside = server_guard.trusted_refusal(parse_address("168.95.1.1"), TRUSTED)
+    assert not reporter.due(outside)
+
+
+def test_reports_need_the_quota_url_and_the_servers_token():
+    assert server_guard.reporter_from_environment({"JUPYTERHUB_API_TOKEN": "t"}) is None
+    assert server_guard.reporter_from_environment({"AIPOWER_QUOTA_URL": "http://q/"}) is None
+    reporter = server_guard.reporter_from_environment(
+        {
+            "AIPOWER_QUOTA_URL": "http://q/",
+            "JUPYTERHUB_API_TOKEN": "t",
+            "JUPYTERHUB_SERVER_NAME": "gpu",
+        }
+    )
+    assert (reporter.token, reporter.server_name) == ("t", "gpu")
