@@ -12,23 +12,21 @@ done about it.
   contact person through the outbox; operators get one where they must act (an appeal, a
   violation the idle rule recorded, a termination whose purge awaits confirmation).
 
-Evidence comes from what the platform already recorded: refused connections from banned regions
-(the audit rows of ``network.record_refusal``), banned-model findings (an application's
-automatic qualification check, or a scan of the members' storage with
-``banned_models.scan_models``), the idle rule's weekly figures (``idle_rule``), or the
-operator's own description.
+Evidence comes from what the platform already recorded, in one step: refused connections from
+banned regions (the audit rows of ``network.record_refusal``), banned-model findings (the daily
+scans of the members' storage, ``model_scans``, or an application's automatic qualification
+check), the idle rule's weekly figures (``idle_rule``), or the operator's own description.
 """
 
 from __future__ import annotations
 
 import json
 from datetime import datetime
-from pathlib import Path
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from . import audit, banned_models, lifecycle, network, notifications
+from . import audit, lifecycle, model_scans, network, notifications
 from .models import (
     Account,
     AuditEvent,
@@ -556,18 +554,24 @@ def bar_message(bar: Sanction) -> tuple[str, str]:
 
 
 # ---- evidence --------------------------------------------------------------------------------
+# What the platform recorded, cited by audit event: connections refused from banned regions
+# (``network.record_refusal``) and scans of the members' storage (``model_scans``).
+REFUSALS, SCANS = "refusals", "scans"
 
 
-def cited_refusals(db: Session) -> dict[int, int]:
-    """Refused connections already in a violation that stands: audit event id → violation."""
+def cited_events(db: Session) -> dict[int, int]:
+    """Audit events that a violation (not withdrawn) cites: event id → violation id."""
     cited = {}
     for violation_id, evidence in db.execute(
         select(Violation.id, Violation.evidence).where(
-            Violation.kind == ViolationKind.BANNED_REGION, Violation.status != V.WITHDRAWN
+            Violation.kind.in_([ViolationKind.BANNED_REGION, ViolationKind.BANNED_MODEL]),
+            Violation.status != V.WITHDRAWN,
         )
     ):
-        for item in json.loads(evidence).get("refusals", []):
-            cited[int(item["audit_event_id"])] = violation_id
+        parsed = json.loads(evidence)
+        for key in (REFUSALS, SCANS):
+            for item in parsed.get(key, []):
+                cited[int(item["audit_event_id"])] = violation_id
     return cited
 
 
@@ -585,10 +589,23 @@ def _refusal(event: AuditEvent) -> dict:
     }
 
 
+def _scan(event: AuditEvent) -> dict:
+    detail = json.loads(event.detail)
+    return {
+        "audit_event_id": event.id,
+        "at": taipei(event.at).isoformat(),
+        "username": event.subject_id,
+        "project_ids": detail.get("project_ids", []),
+        "companies": detail.get("companies", []),
+        "home": detail.get("home"),
+        "findings": detail.get("findings", []),
+    }
+
+
 def recorded_refusals(db: Session, *, limit: int = 200) -> list[dict]:
     """Connections refused from banned regions, newest first, each with the violation that
-    cites it (None while an operator has not turned it into one)."""
-    cited = cited_refusals(db)
+    cites it (None while no operator has made it one)."""
+    cited = cited_events(db)
     events = db.scalars(
         select(AuditEvent)
         .where(AuditEvent.action == BANNED_REGION_ACTION)
@@ -598,70 +615,90 @@ def recorded_refusals(db: Session, *, limit: int = 200) -> list[dict]:
     return [_refusal(e) | {"violation_id": cited.get(e.id)} for e in events]
 
 
-def _project_of_people(db: Session, usernames: set[str], company_ids: set[int]) -> Project:
-    projects = {
-        p.id: p
-        for p in db.scalars(
-            select(Project)
-            .join(Membership)
-            .join(Account)
-            .where(Account.username.in_(usernames), Project.company_id.in_(company_ids))
+def flagged_scans(db: Session) -> list[dict]:
+    """Each member's latest scan that found banned models, with the violation citing it."""
+    cited = cited_events(db)
+    ids = [scan.event_id for scan in model_scans.latest_scans(db) if scan.flagged]
+    events = db.scalars(select(AuditEvent).where(AuditEvent.id.in_(ids)).order_by(AuditEvent.id))
+    return [_scan(e) | {"violation_id": cited.get(e.id)} for e in events]
+
+
+def _cite(db: Session, event_ids: list[int], action: str, field: str) -> list[AuditEvent]:
+    """The audit events to cite: each one of ``action``, none cited already."""
+    ids = sorted({int(i) for i in event_ids})
+    if not ids:
+        raise RegisterError("請選擇要列為證據的紀錄", "choose the records to cite", field=field)
+    events = list(
+        db.scalars(
+            select(AuditEvent)
+            .where(AuditEvent.id.in_(ids), AuditEvent.action == action)
+            .order_by(AuditEvent.id)
         )
-    }
-    if len(projects) != 1:
+    )
+    missing = sorted(set(ids) - {e.id for e in events})
+    if missing:
         raise RegisterError(
-            "這些紀錄對應到不只一個計畫（或沒有計畫），請指定計畫",
-            "these records belong to several projects (or none): name the project",
+            f"這些不是可引用的紀錄：{missing}", f"not records of this kind: {missing}", field=field
+        )
+    cited = cited_events(db)
+    again = {i: cited[i] for i in ids if i in cited}
+    if again:
+        raise Conflict(f"這些紀錄已列入違規紀錄：{again}", f"already cited by violations: {again}")
+    return events
+
+
+def _one_project(db: Session, candidates: list[set[int]], project_id: int | None) -> Project:
+    """The project the cited records have in common: the one named, or the only one."""
+    common = set.intersection(*candidates)
+    if project_id is not None:
+        if project_id not in common:
+            raise RegisterError(
+                "這些紀錄不屬於該計畫", "these records are not of that project", field="project_id"
+            )
+        common = {project_id}
+    if len(common) != 1:
+        raise RegisterError(
+            "這些紀錄對應到不只一個計畫（或沒有共同的計畫），請指定計畫",
+            "these records belong to several projects (or none in common): name the project",
             field="project_id",
         )
-    return next(iter(projects.values()))
+    return db.get(Project, common.pop())
 
 
 def from_refusals(
     db: Session, event_ids: list[int], *, project_id: int | None = None
 ) -> tuple[Project, dict]:
-    """The project and evidence of a banned-region violation made of recorded refusals: every
-    one must be a banned-region refusal not cited yet, of a person of the project's company."""
-    ids = sorted({int(i) for i in event_ids})
-    if not ids:
-        raise RegisterError("請選擇拒絕連線紀錄", "choose refused connections", field="refusals")
-    events = list(
-        db.scalars(
-            select(AuditEvent)
-            .where(AuditEvent.id.in_(ids), AuditEvent.action == BANNED_REGION_ACTION)
-            .order_by(AuditEvent.id)
-        )
-    )
-    if [e.id for e in events] != ids:
-        missing = sorted(set(ids) - {e.id for e in events})
-        raise RegisterError(
-            f"不是中港澳連線的拒絕紀錄：{missing}",
-            f"not refused connections from banned regions: {missing}",
-            field="refusals",
-        )
-    cited = cited_refusals(db)
-    again = {i: cited[i] for i in ids if i in cited}
-    if again:
-        raise Conflict(f"這些紀錄已列入違規紀錄：{again}", f"already cited by violations: {again}")
-    refusals = [_refusal(e) for e in events]
-    if project_id is not None:
-        project = db.get(Project, project_id)
-        if project is None:
-            raise NotFound("沒有這個計畫", "no such project")
-        strangers = [
-            r["audit_event_id"] for r in refusals if project.company_id not in r["company_ids"]
-        ]
-        if strangers:
-            raise RegisterError(
-                f"這些紀錄不屬於該計畫的公司：{strangers}",
-                f"these records are not of the project's company: {strangers}",
-                field="refusals",
+    """The project and evidence of a banned-region violation made of recorded refusals of
+    members of that project."""
+    refusals = [_refusal(e) for e in _cite(db, event_ids, BANNED_REGION_ACTION, REFUSALS)]
+    candidates = [
+        set(
+            db.scalars(
+                select(Project.id)
+                .join(Membership)
+                .join(Account)
+                .where(Account.username == r["username"], Project.company_id.in_(r["company_ids"]))
             )
-    else:
-        people = {r["username"] for r in refusals if r["username"]}
-        companies = set.intersection(*(set(r["company_ids"]) for r in refusals))
-        project = _project_of_people(db, people, companies)
-    return project, {"source": "network-refusals", "refusals": refusals}
+        )
+        for r in refusals
+    ]
+    project = _one_project(db, candidates, project_id)
+    return project, {"source": "network-refusals", REFUSALS: refusals}
+
+
+def from_scans(
+    db: Session, event_ids: list[int], *, project_id: int | None = None
+) -> tuple[Project, dict]:
+    """The project and evidence of a banned-model violation made of storage scans with
+    findings (of members of that project)."""
+    scans = [_scan(e) for e in _cite(db, event_ids, model_scans.SCANNED, SCANS)]
+    clean = [s["audit_event_id"] for s in scans if not s["findings"]]
+    if clean:
+        raise RegisterError(
+            f"這些掃描沒有發現禁用模型：{clean}", f"these scans found nothing: {clean}", field=SCANS
+        )
+    project = _one_project(db, [set(s["project_ids"]) for s in scans], project_id)
+    return project, {"source": "storage-scans", SCANS: scans}
 
 
 def from_application(db: Session, application_id: int) -> tuple[Project, dict]:
@@ -686,36 +723,6 @@ def from_application(db: Session, application_id: int) -> tuple[Project, dict]:
         )  # fmt: skip
     evidence = {"source": "application", "application_id": application.id, "findings": findings}
     return db.get(Project, application.project_id), evidence
-
-
-def from_scan_report(report: object) -> dict:
-    """A report of ``aipower-scan-models`` (or of :func:`scan_storage`) with findings."""
-    findings = report.get("findings") if isinstance(report, dict) else None
-    if not isinstance(findings, list) or not all(isinstance(f, dict) for f in findings):
-        raise RegisterError(
-            "掃描報告格式不正確（需要 aipower-scan-models 的 JSON）",
-            "not a scan report (the JSON that aipower-scan-models prints)",
-            field="scan_report",
-        )
-    if not findings:
-        raise RegisterError(
-            "掃描報告沒有發現禁用模型", "the scan found no banned models", field="scan_report"
-        )
-    return {"source": "storage-scan", "root": report.get("root"), "findings": findings}
-
-
-def scan_storage(homes: Path, usernames: list[str]) -> dict:
-    """Scan each member's home folder under ``homes`` for banned models (one report)."""
-    findings, errors, scanned = [], [], []
-    for username in usernames:
-        home = (homes / username).resolve()
-        if homes.resolve() not in home.parents or not home.is_dir():
-            continue
-        report = banned_models.scan_models(home)
-        scanned.append(username)
-        findings += [f | {"path": f"{username}/{f['path']}"} for f in report["findings"]]
-        errors += [e | {"path": f"{username}/{e['path']}"} for e in report["errors"]]
-    return {"root": str(homes), "scanned": scanned, "findings": findings, "errors": errors}
 
 
 # ---- read models -----------------------------------------------------------------------------
