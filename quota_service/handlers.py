@@ -13,7 +13,18 @@ from tornado import web
 
 from spawner.points import points_to_millipoints
 
-from . import access, audit, i18n, ledger, metering, network, notifications, projects, reports
+from . import (
+    access,
+    audit,
+    i18n,
+    ledger,
+    metering,
+    network,
+    notifications,
+    projects,
+    reports,
+    sanctions,
+)
 from . import db as database
 from .metering import ServerRequest, SessionRefused
 from .models import Account, Project, ProjectStatus, UsageSession
@@ -276,6 +287,12 @@ class AdminProjectAction(AdminPage):
                             if action == "suspend"
                             else ProjectStatus.APPROVED
                         )
+                        holding = sanctions.active_suspension(db, project.id)
+                        if target == ProjectStatus.APPROVED and holding is not None:
+                            raise projects.TransitionNotAllowed(
+                                f"計畫因違規處分 #{holding.id} 停權，請在違規紀錄解除 / suspended "
+                                f"by sanction #{holding.id}: lift it in the violations register"
+                            )
                         projects.change_status(
                             db, project, target, actor=self.username, reason=reason, now=now
                         )
@@ -480,19 +497,23 @@ class SessionCloseAPI(InternalAPIHandler):
 
 
 def routes() -> list[tuple[str, type]]:
-    from . import project_pages  # it builds on the handlers above
+    from . import project_pages, violation_pages  # they build on the handlers above
 
-    return project_pages.routes() + [
-        (r"", OverviewPage),
-        (r"projects/(\d+)", ProjectPage),
-        (r"admin", AdminPage),
-        (r"admin/projects/(\d+)/(suspend|resume|grant)", AdminProjectAction),
-        (r"api/v1/projects", ProjectsAPI),
-        (r"api/v1/openapi.yaml", OpenAPISpec),
-        (r"api/v1/internal/access/([^/]+)", AccessAPI),
-        (r"api/v1/internal/sessions", SessionsAPI),
-        (r"api/v1/internal/sessions/(\d+)/close", SessionCloseAPI),
-        (r"api/v1/internal/refusals", RefusalsAPI),
-        (r"api/v1/network-refusals", NetworkRefusalsAPI),
-        (r"metrics", MetricsHandler),
-    ]
+    return (
+        project_pages.routes()
+        + violation_pages.routes()
+        + [
+            (r"", OverviewPage),
+            (r"projects/(\d+)", ProjectPage),
+            (r"admin", AdminPage),
+            (r"admin/projects/(\d+)/(suspend|resume|grant)", AdminProjectAction),
+            (r"api/v1/projects", ProjectsAPI),
+            (r"api/v1/openapi.yaml", OpenAPISpec),
+            (r"api/v1/internal/access/([^/]+)", AccessAPI),
+            (r"api/v1/internal/sessions", SessionsAPI),
+            (r"api/v1/internal/sessions/(\d+)/close", SessionCloseAPI),
+            (r"api/v1/internal/refusals", RefusalsAPI),
+            (r"api/v1/network-refusals", NetworkRefusalsAPI),
+            (r"metrics", MetricsHandler),
+        ]
+    )

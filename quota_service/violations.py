@@ -725,6 +725,50 @@ def from_application(db: Session, application_id: int) -> tuple[Project, dict]:
     return db.get(Project, application.project_id), evidence
 
 
+APPLICATION, MANUAL = "application", "manual"
+SOURCES = (MANUAL, REFUSALS, SCANS, APPLICATION)
+
+
+def record_by_operator(
+    db: Session,
+    operator: Account,
+    *,
+    source: str,
+    summary: str,
+    now: datetime,
+    project_id: int | None = None,
+    kind: str = "",
+    evidence: dict | None = None,
+    cited: list[int] = (),
+    application_id: int | None = None,
+) -> Violation:
+    """An operator records a violation in one step: from recorded refusals (banned region),
+    storage scans or an application's findings (banned model), or by describing it with
+    ``evidence`` of their own (any kind, ``project_id`` needed)."""
+    require_operator(operator)
+    if source == REFUSALS:
+        project, evidence = from_refusals(db, list(cited), project_id=project_id)
+        kind = ViolationKind.BANNED_REGION
+    elif source == SCANS:
+        project, evidence = from_scans(db, list(cited), project_id=project_id)
+        kind = ViolationKind.BANNED_MODEL
+    elif source == APPLICATION:
+        if application_id is None:
+            raise RegisterError("請填寫申請案編號", "give the application's number", field="application_id")  # fmt: skip
+        project, evidence = from_application(db, application_id)
+        kind = ViolationKind.BANNED_MODEL
+    elif source == MANUAL:
+        project = db.get(Project, project_id) if project_id is not None else None
+        if project is None:
+            raise RegisterError("請選擇計畫", "choose the project", field="project_id")
+        evidence = {"source": "operator"} | (evidence or {})
+    else:
+        raise RegisterError("沒有這種證據來源", f"no such source: {source}", field="source")
+    return record(
+        db, project, kind, summary=summary, evidence=evidence, actor=operator.username, now=now
+    )
+
+
 # ---- read models -----------------------------------------------------------------------------
 
 
