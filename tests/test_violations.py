@@ -7,10 +7,13 @@ Times are Asia/Taipei wall clock (``at``). Storage is real folders under tmp_pat
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import json
+import re
 from datetime import date
 
 import pytest
+import yaml
 from sqlalchemy import select
 
 from quota_service import (
@@ -21,9 +24,11 @@ from quota_service import (
     model_scans,
     network,
     sanctions,
+    violation_pages,
     violations,
 )
 from quota_service import applications as apps
+from quota_service.handlers import OPENAPI
 from quota_service.models import (
     Account,
     AuditEvent,
@@ -432,3 +437,31 @@ def test_a_lifted_bar_keeps_nobody_out(db, world):
     following = round_(db, op, "116-2", "2027-03-01 00:00:00", "2027-04-01")
     assert draft(db, world["a"], following, "2027-03-02 09:00:00")[1] == {}
     assert db.get(Project, world["project"].id).status == ProjectStatus.APPROVED
+
+
+# ---- the API's description ----------------------------------------------------------------
+
+
+def test_every_register_api_route_is_in_the_openapi_document_and_back():
+    spec = yaml.safe_load(OPENAPI.read_text())
+    routes = [
+        (re.compile(pattern.removeprefix("api/v1")), handler)
+        for pattern, handler in violation_pages.routes()
+        if pattern.startswith("api/v1/")
+    ]
+    matched = set()
+    for path, operations in spec["paths"].items():
+        if not path.startswith(("/violations", "/sanctions")):
+            continue
+        for method, operation in operations.items():
+            values = {
+                p["name"]: p["schema"].get("enum", ["7"])
+                for p in operation.get("parameters", [])
+                if p["in"] == "path"
+            }
+            for combination in itertools.product(*values.values()):
+                url = path.format(**dict(zip(values, combination, strict=True)))
+                [(pattern, handler)] = [(p, h) for p, h in routes if p.fullmatch(url)]
+                assert method in vars(handler), (url, method)
+                matched.add(pattern.pattern)
+    assert matched == {p.pattern for p, _ in routes}
