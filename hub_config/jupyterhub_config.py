@@ -68,7 +68,11 @@ service_env = {
 }
 # the service sees only what it is given: pass its own settings through
 service_env.update(
-    {name: value for name, value in os.environ.items() if name.startswith("AIPOWER_SMTP_")}
+    {
+        name: value
+        for name, value in os.environ.items()
+        if name.startswith(("AIPOWER_SMTP_", "AIPOWER_GPU_IDLE_"))
+    }
 )
 for name in (
     "AIPOWER_NOTICE_INTERVAL",

@@ -9,6 +9,7 @@ file or the environment variables named in each trait's help.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import signal
@@ -23,11 +24,12 @@ from jupyterhub.utils import url_path_join
 from tornado.httpserver import HTTPServer
 from tornado.ioloop import PeriodicCallback
 from tornado.web import Application as WebApplication
-from traitlets import Bool, Bytes, Enum, Integer, List, Unicode, default, validate
+from traitlets import Bool, Bytes, Dict, Enum, Integer, List, Unicode, default, validate
 from traitlets.config import Application
 
 from . import (
     applications,
+    gpu_idle,
     handlers,
     i18n,
     idle_rule,
@@ -349,6 +351,172 @@ class QuotaService(Application):
         secret = os.environ.get("AIPOWER_QUOTA_COOKIE_SECRET", "")
         return bytes.fromhex(secret) if secret else os.urandom(32)
 
+    # ---- GPU-utilisation culling (docs/gpu-idle.md) ----------------------------------
+
+    gpu_idle_source = Unicode(
+        help="""Where GPU utilisation comes from: "local" (the vendor tools of this machine,
+        gpu_idle_commands: the embedded default), "prometheus" (gpu_idle_prometheus_url: on
+        Kubernetes) or "" (no GPU-utilisation culling), e.g. "prometheus".
+        Env: AIPOWER_GPU_IDLE_SOURCE.""",
+    ).tag(config=True)
+
+    @default("gpu_idle_source")
+    def _default_gpu_idle_source(self):
+        return os.environ.get("AIPOWER_GPU_IDLE_SOURCE", "local")
+
+    @validate("gpu_idle_source")
+    def _check_gpu_idle_source(self, proposal):
+        if proposal.value not in ("local", "prometheus", ""):
+            raise ValueError('gpu_idle_source is "local", "prometheus" or ""')
+        return proposal.value
+
+    gpu_idle_interval = Integer(
+        help="""Seconds between GPU-utilisation samples, e.g. 60; also the window over which
+        Prometheus is asked for each GPU's highest utilisation. Env: AIPOWER_GPU_IDLE_INTERVAL.""",
+    ).tag(config=True)
+
+    @default("gpu_idle_interval")
+    def _default_gpu_idle_interval(self):
+        return int(os.environ.get("AIPOWER_GPU_IDLE_INTERVAL", "60"))
+
+    @validate("gpu_idle_interval")
+    def _check_gpu_idle_interval(self, proposal):
+        if not 1 <= proposal.value <= 3600:
+            raise ValueError("gpu_idle_interval must be between 1 and 3600 seconds")
+        return proposal.value
+
+    gpu_idle_threshold_percent = Integer(
+        help="""A GPU under this utilisation (percent) is idle, e.g. 5; a server is idle when
+        all its GPUs are. Env: AIPOWER_GPU_IDLE_THRESHOLD.""",
+    ).tag(config=True)
+
+    @default("gpu_idle_threshold_percent")
+    def _default_gpu_idle_threshold(self):
+        return int(os.environ.get("AIPOWER_GPU_IDLE_THRESHOLD", "5"))
+
+    @validate("gpu_idle_threshold_percent")
+    def _check_gpu_idle_threshold(self, proposal):
+        if not 1 <= proposal.value <= 100:
+            raise ValueError("gpu_idle_threshold_percent must be between 1 and 100")
+        return proposal.value
+
+    gpu_idle_warn_after = Integer(
+        help="""Seconds of idle GPUs after which the server's owner is warned by e-mail, e.g.
+        1800. Env: AIPOWER_GPU_IDLE_WARN_AFTER.""",
+    ).tag(config=True)
+
+    @default("gpu_idle_warn_after")
+    def _default_gpu_idle_warn_after(self):
+        return int(os.environ.get("AIPOWER_GPU_IDLE_WARN_AFTER", "1800"))
+
+    gpu_idle_stop_after = Integer(
+        help="""Seconds of idle GPUs after which the server is stopped, e.g. 3600; longer
+        than gpu_idle_warn_after, and never less than their difference after the warning.
+        Env: AIPOWER_GPU_IDLE_STOP_AFTER.""",
+    ).tag(config=True)
+
+    @default("gpu_idle_stop_after")
+    def _default_gpu_idle_stop_after(self):
+        return int(os.environ.get("AIPOWER_GPU_IDLE_STOP_AFTER", "3600"))
+
+    gpu_idle_commands = Dict(
+        key_trait=Unicode(),
+        value_trait=List(Unicode()),
+        help="""The local source's command per vendor, e.g. {"nvidia": ["nvidia-smi",
+        "--query-gpu=index,uuid,utilization.gpu,memory.used",
+        "--format=csv,noheader,nounits"], "amd": ["amd-smi", "metric", "--usage", "--json"]};
+        ["rocm-smi", "--showuse", "--json"] is read too. Env: AIPOWER_GPU_IDLE_COMMANDS, a JSON
+        object whose vendors replace the defaults'.""",
+    ).tag(config=True)
+
+    @default("gpu_idle_commands")
+    def _default_gpu_idle_commands(self):
+        return gpu_idle.DEFAULT_COMMANDS | json.loads(
+            os.environ.get("AIPOWER_GPU_IDLE_COMMANDS", "{}")
+        )
+
+    gpu_idle_command_timeout = Integer(
+        20,
+        help="Seconds a local GPU tool may take before its answer counts as no data, e.g. 20.",
+    ).tag(config=True)
+
+    gpu_idle_prometheus_url = Unicode(
+        help="""Prometheus' instant-query endpoint, e.g.
+        http://prometheus-operated.monitoring:9090/api/v1/query (an exporter's /metrics page,
+        which answers in the text format, is read too). Env: AIPOWER_GPU_IDLE_PROMETHEUS_URL.""",
+    ).tag(config=True)
+
+    @default("gpu_idle_prometheus_url")
+    def _default_gpu_idle_prometheus_url(self):
+        return os.environ.get("AIPOWER_GPU_IDLE_PROMETHEUS_URL", "")
+
+    gpu_idle_prometheus_metrics = Dict(
+        key_trait=Unicode(),
+        value_trait=Unicode(),
+        default_value={"nvidia": "DCGM_FI_DEV_GPU_UTIL", "amd": "gpu_gfx_activity"},
+        help="""The utilisation metric (percent) per vendor, e.g. {"nvidia":
+        "DCGM_FI_DEV_GPU_UTIL", "amd": "gpu_gfx_activity"} (the DCGM exporter's and AMD's
+        device metrics exporter's; with the AMD exporter's MetricsFieldPrefix "amd_":
+        "amd_gpu_gfx_activity").""",
+    ).tag(config=True)
+
+    gpu_idle_pod_label = Unicode(
+        "pod",
+        help="""The label that names the pod a GPU is given to, e.g. "pod" ("exported_pod"
+        when Prometheus scrapes the exporter without honor_labels).""",
+    ).tag(config=True)
+
+    gpu_idle_namespace_label = Unicode(
+        "namespace",
+        help='The label that names that pod\'s namespace, e.g. "namespace" (or "exported_namespace").',
+    ).tag(config=True)
+
+    gpu_idle_namespace = Unicode(
+        help="""Namespace of the servers' pods on Kubernetes, e.g. aipower; empty: any.
+        Env: AIPOWER_GPU_IDLE_NAMESPACE, else POD_NAMESPACE (set by the chart).""",
+    ).tag(config=True)
+
+    @default("gpu_idle_namespace")
+    def _default_gpu_idle_namespace(self):
+        return os.environ.get("AIPOWER_GPU_IDLE_NAMESPACE") or os.environ.get("POD_NAMESPACE", "")
+
+    gpu_idle_pod_name_template = Unicode(
+        gpu_idle.KUBE_POD_NAME_TEMPLATE,
+        help="""How KubeSpawner names the servers' pods (its pod_name_template, "safe" slug
+        scheme), e.g. "jupyter-{user_server}", KubeSpawner's default.""",
+    ).tag(config=True)
+
+    def gpu_idle_culler(self) -> gpu_idle.GPUIdleCuller | None:
+        """The GPU-utilisation culling job as configured; None when it is off."""
+        if not self.gpu_idle_source:
+            return None
+        rule = gpu_idle.IdleRule(
+            threshold_percent=self.gpu_idle_threshold_percent,
+            warn_after=timedelta(seconds=self.gpu_idle_warn_after),
+            stop_after=timedelta(seconds=self.gpu_idle_stop_after),
+            max_gap=timedelta(seconds=3 * self.gpu_idle_interval),
+        )
+        if self.gpu_idle_source == "prometheus":
+            source = gpu_idle.PrometheusSource(
+                self.gpu_idle_prometheus_url,
+                self.gpu_idle_prometheus_metrics,
+                namespace=self.gpu_idle_namespace,
+                pod_label=self.gpu_idle_pod_label,
+                namespace_label=self.gpu_idle_namespace_label,
+                window=self.gpu_idle_interval,
+            )
+        else:
+            source = gpu_idle.LocalToolSource(
+                self.gpu_idle_commands, timeout=self.gpu_idle_command_timeout
+            )
+        return gpu_idle.GPUIdleCuller(
+            source,
+            rule,
+            self.session_factory,
+            self.hub_api.stop_server,
+            pod_name_template=self.gpu_idle_pod_name_template,
+        )
+
     admin_scope = Unicode(
         "custom:aipower:admin",
         help="JupyterHub scope that opens the service's admin pages (operators' role).",
@@ -375,6 +543,7 @@ class QuotaService(Application):
         self.hub_api = HubAPI(
             os.environ.get("JUPYTERHUB_API_URL", ""), os.environ.get("JUPYTERHUB_API_TOKEN", "")
         )
+        self.gpu_idle = self.gpu_idle_culler()
         self.templates = Environment(
             loader=PackageLoader("quota_service", "templates"),
             autoescape=select_autoescape(default=True),
@@ -503,6 +672,12 @@ class QuotaService(Application):
     async def _housekeep(self) -> None:
         await asyncio.to_thread(self.housekeep_once)
 
+    async def _cull_gpu_idle_safely(self):
+        try:
+            await self.gpu_idle.run_once()
+        except Exception:
+            self.log.exception("GPU-idle job failed; the next run catches up")
+
     async def serve(self):
         web_app = self.make_web_app()
         url = urlparse(self.service_url)
@@ -514,10 +689,25 @@ class QuotaService(Application):
             self.service_prefix,
             self.metering_interval,
         )
-        metering_callback = PeriodicCallback(self._meter_safely, self.metering_interval * 1000)
-        metering_callback.start()
-        notice_callback = PeriodicCallback(self._notify_safely, self.notice_interval * 1000)
-        notice_callback.start()
+        callbacks = [
+            PeriodicCallback(self._meter_safely, self.metering_interval * 1000),
+            PeriodicCallback(self._notify_safely, self.notice_interval * 1000),
+        ]
+        if self.gpu_idle is not None:
+            self.log.info(
+                "GPU-idle culling from the %s source every %ss: all GPUs under %s%% for %ss "
+                "warns the owner, for %ss stops the server",
+                self.gpu_idle.source.name,
+                self.gpu_idle_interval,
+                self.gpu_idle_threshold_percent,
+                self.gpu_idle_warn_after,
+                self.gpu_idle_stop_after,
+            )
+            callbacks.append(
+                PeriodicCallback(self._cull_gpu_idle_safely, self.gpu_idle_interval * 1000)
+            )
+        for callback in callbacks:
+            callback.start()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -534,9 +724,8 @@ class QuotaService(Application):
         parent_callback = PeriodicCallback(check_parent, 1000)
         parent_callback.start()
         await stop.wait()
-        metering_callback.stop()
-        notice_callback.stop()
-        parent_callback.stop()
+        for callback in [*callbacks, parent_callback]:
+            callback.stop()
         server.stop()
         self.engine.dispose()
 
