@@ -29,7 +29,7 @@ import json
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, time, timedelta
+from datetime import UTC, datetime, time, timedelta
 from fractions import Fraction
 
 from sqlalchemy import select
@@ -212,7 +212,7 @@ def suspended_spans(db: Session, project: Project, now: datetime) -> list[Span]:
     ).all()
     details = [(at, json.loads(detail)) for at, detail in changes]
     status = details[0][1]["old"] if details else project.status
-    since = datetime.min.replace(tzinfo=TAIPEI)
+    since = datetime.min.replace(tzinfo=UTC)
     spans = []
     for at, detail in details:
         if status == ProjectStatus.SUSPENDED:

@@ -153,29 +153,29 @@ class ViolationsAPI(RegisterActions, APIHandler):
     @answers_refusals
     def post(self):
         body = self.read_json()
-        sources = [s for s in (violations.REFUSALS, violations.SCANS) if s in body]
+        cited = [s for s in (violations.REFUSALS, violations.SCANS) if s in body]
         if "application_id" in body:
-            sources.append(violations.APPLICATION)
-        if len(sources) > 1:
+            cited.append(violations.APPLICATION)
+        if len(cited) > 1:
             raise RegisterError("證據來源只能一種", "cite one source of evidence", field="source")
-        source = sources[0] if sources else violations.MANUAL
+        source = cited[0] if cited else violations.MANUAL
         evidence = body.get("evidence") or {}
         if not isinstance(evidence, dict):
             raise RegisterError("證據必須是 JSON 物件", "evidence is an object", field="evidence")
+        records = body.get(source, []) if source in (violations.REFUSALS, violations.SCANS) else []
+        if not isinstance(records, list):
+            raise RegisterError("請列出紀錄編號", "a list of record ids is expected", field=source)
+        project_id, application_id = body.get("project_id"), body.get("application_id")
         violation_id = self.record_violation(
             source=source,
             summary=str(body.get("summary") or ""),
-            project_id=None
-            if body.get("project_id") is None
-            else _int(body["project_id"], "project_id"),  # fmt: skip
+            project_id=None if project_id is None else _int(project_id, "project_id"),
             kind=str(body.get("kind") or ""),
             evidence=evidence,
-            cited=_ints(body.get(source) or [], source)
-            if source in (violations.REFUSALS, violations.SCANS)
-            else [],  # fmt: skip
-            application_id=_int(body["application_id"], "application_id")
-            if source == violations.APPLICATION
-            else None,  # fmt: skip
+            cited=_ints(records, source),
+            application_id=None
+            if application_id is None
+            else _int(application_id, "application_id"),
         )
         self.write_json(self.violation_view(violation_id), 201)
 

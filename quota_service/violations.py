@@ -21,6 +21,7 @@ check), the idle rule's weekly figures (``idle_rule``), or the operator's own de
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from datetime import datetime
 
 from sqlalchemy import select
@@ -29,6 +30,7 @@ from sqlalchemy.orm import Session
 from . import audit, lifecycle, model_scans, network, notifications
 from .models import (
     Account,
+    Application,
     AuditEvent,
     Company,
     Membership,
@@ -44,7 +46,6 @@ from .models import (
     ViolationKind,
     ViolationStatus,
 )
-from .models import Application as ApplicationRow
 from .timewindow import taipei
 
 V = ViolationStatus
@@ -163,8 +164,8 @@ def tell(
         f"{zh}\n{en}\n\n計畫 Project: {project.name}（{project.company.name}）\n頁面 Page: {link}\n"
     )
     audiences = [(VIOLATION_NOTICE, notifications.contact_persons(db, project.id))]
-    if operators:
-        audiences.append((OPERATOR_NOTICE, operator_emails(db)))
+    if operators and (emails := operator_emails(db)):
+        audiences.append((OPERATOR_NOTICE, emails))
     for kind, recipients in audiences:
         notifications.enqueue(
             db, project.id, kind, key, recipients=recipients, subject=subject, body=body, now=now
@@ -436,13 +437,6 @@ def counted_against(db: Session, company_id: int) -> list[Violation]:
     )
 
 
-def get(db: Session, violation_id: int) -> Violation:
-    violation = db.get(Violation, violation_id)
-    if violation is None:
-        raise NotFound("沒有這筆違規紀錄", "no such violation")
-    return violation
-
-
 def may_read(db: Session, violation: Violation, username: str, *, operator: bool) -> bool:
     return operator or username in lifecycle.members_of(db, violation.project_id)
 
@@ -494,7 +488,7 @@ def change_sanction_status(
 
 
 def bar_for_round(
-    db: Session, business_number: str, round_: Round, application: ApplicationRow, *, now
+    db: Session, business_number: str, round_: Round, application: Application, *, now
 ) -> Sanction | None:
     """The bar that keeps the company with ``business_number`` out of ``round_``, or None.
 
@@ -703,7 +697,7 @@ def from_scans(
 
 def from_application(db: Session, application_id: int) -> tuple[Project, dict]:
     """The banned models an awarded application named (its automatic qualification check)."""
-    application = db.get(ApplicationRow, application_id)
+    application = db.get(Application, application_id)
     if application is None or application.project_id is None:
         raise RegisterError(
             "找不到已核定的申請案", "no awarded application with that number",
@@ -739,7 +733,7 @@ def record_by_operator(
     project_id: int | None = None,
     kind: str = "",
     evidence: dict | None = None,
-    cited: list[int] = (),
+    cited: Sequence[int] = (),
     application_id: int | None = None,
 ) -> Violation:
     """An operator records a violation in one step: from recorded refusals (banned region),

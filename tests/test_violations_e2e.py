@@ -277,6 +277,9 @@ def test_members_read_their_violations_and_appeal_strangers_see_nothing(stack, q
     assert (violation["kind"], violation["project"]["id"]) == ("banned_region", project_id)
     assert [r["address"] for r in violation["evidence"]["refusals"]] == ["1.2.4.8", "1.2.4.8"]
     vid = violation["id"]
+    not_a_list = ops.post(stack.url("/services/quota/api/v1/violations"),
+                          json={"refusals": "12", "summary": "x"}, timeout=30)  # fmt: skip
+    assert not_a_list.status_code == 400 and list(not_a_list.json()["errors"]) == ["refusals"]
     again = ops.post(stack.url("/services/quota/api/v1/violations"), json={"refusals": ids[:1],
                      "summary": "again"}, timeout=30)  # fmt: skip
     assert again.status_code == 409
