@@ -99,8 +99,11 @@ class AIPowerAuthenticator(GenericOAuthenticator):
 
     async def update_auth_model(self, auth_model):
         name = auth_model["name"]
+        # the address the identity provider vouches for ties the sign-in to the account an
+        # award made for that address (quota_service.access.link_sign_in)
+        user_info = auth_model["auth_state"].get(self.user_auth_state_key) or {}
         try:
-            access = await self.quota.access(name)
+            access = await self.quota.access(name, str(user_info.get("email") or ""))
         except (QuotaServiceUnavailable, QuotaRefusal) as e:
             self.log.warning("Access of %s unknown: quota service: %s", name, e)
             raise _AccessUnknown() from e

@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
-from . import awards
+from . import audit, awards
 from .models import Account, Category, Membership, Project, ProjectStatus
 
 OPERATORS_GROUP = "operators"
@@ -155,6 +155,63 @@ def trusted_networks_of(db: Session, project: Project | None) -> list[str]:
     if project is None or project.category != Category.TRAINING:
         return []
     return awards.trusted_networks(db, project.id)
+
+
+def link_sign_in(db: Session, username: str, email: str, *, now: datetime) -> Account:
+    """Tie a hub sign-in to the person's account by the e-mail address the identity provider
+    vouches for. An award adds the lead, the contact and trainees by e-mail before they ever
+    sign in, under a name made from the address (``awards.username_for_email``): at the
+    person's first sign-in that account takes their hub username, or, when they already had
+    an account (they applied before the award), its memberships move to that account. An
+    account named by someone else keeps its own address: one address, one person."""
+    address = email.strip()
+    account = db.scalar(select(Account).where(Account.username == username))
+    holder = None
+    if address:
+        holder = db.scalar(
+            select(Account)
+            .where(func.lower(Account.email) == address.lower(), Account.username != username)
+            .order_by(Account.id)
+            .limit(1)
+        )
+    placeholder = holder is not None and holder.username == awards.username_for_email(address)
+    if account is None and placeholder:
+        old_name, holder.username = holder.username, username
+        audit.record(
+            db, actor=username, action="account.linked", subject_type="account",
+            subject_id=username, at=now, old=old_name, new=username, email=address,
+        )  # fmt: skip
+        return holder
+    if account is None:
+        account = Account(username=username, email="" if holder else address, created_at=now)
+        db.add(account)
+        db.flush()
+    elif address and not account.email and (holder is None or placeholder):
+        account.email = address
+    if placeholder:
+        moved = _move_memberships(db, holder, account)
+        audit.record(
+            db, actor=username, action="account.merged", subject_type="account",
+            subject_id=username, at=now, merged=holder.username, email=address,
+            projects=moved,
+        )  # fmt: skip
+        db.delete(holder)
+    return account
+
+
+def _move_memberships(db: Session, source: Account, target: Account) -> list[int]:
+    held = {m.project_id for m in target.memberships}
+    moved = []
+    for membership in list(source.memberships):
+        if membership.project_id in held:
+            db.delete(membership)
+        else:
+            membership.account_id = target.id
+            moved.append(membership.project_id)
+    db.flush()
+    db.expire(source, ["memberships"])
+    db.expire(target, ["memberships"])
+    return moved
 
 
 def account_of(db: Session, username: str, *, now: datetime) -> Account:

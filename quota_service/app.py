@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 from datetime import timedelta
+from decimal import Decimal, InvalidOperation
 from fractions import Fraction
 from pathlib import Path
 from urllib.parse import urlparse
@@ -37,8 +38,10 @@ from . import (
     metering,
     model_scans,
     notifications,
+    review,
 )
 from . import db as database
+from .awards import AwardSettings
 from .banned_models import BannedModels
 from .hub_api import HubAPI
 from .metrics import ServiceMetrics
@@ -524,13 +527,93 @@ class QuotaService(Application):
 
     review_scope = Unicode(
         "custom:aipower:review",
-        help="JupyterHub scope that opens the reviewers' pages (reviewers' role).",
+        help="""JupyterHub scope that opens the reviewers' pages and without which a
+        reviewer's token does not act as a reviewer in the API (reviewers' role).""",
     ).tag(config=True)
 
     hub_scope = Unicode(
         "custom:aipower:hub",
         help="JupyterHub scope of the hub's own agent, for the internal API.",
     ).tag(config=True)
+
+    # ---- the operator's settings for review and award that the guideline leaves open ----
+
+    reviewers_per_application = Integer(
+        3,
+        help="Reviewers assigned to each application (recused ones not counted), e.g. 3.",
+    ).tag(config=True)
+
+    @validate("reviewers_per_application")
+    def _check_reviewers(self, proposal):
+        if not 1 <= proposal.value <= 20:
+            raise ValueError("reviewers_per_application must be between 1 and 20")
+        return proposal.value
+
+    review_bonus_per_item = Unicode(
+        "2",
+        help="""Points each bonus item adds to a reviewer's weighted total, an exact decimal,
+        e.g. "2" or "1.5".""",
+    ).tag(config=True)
+
+    review_spread_limit = Unicode(
+        "20",
+        help="""Disagreement flagged when the reviewers' highest and lowest totals differ by
+        more than this, an exact decimal, e.g. "20".""",
+    ).tag(config=True)
+
+    inference_pass_mark = Unicode(
+        "70",
+        help="""Inference applications whose mean is at or above this are selected, an exact
+        decimal, e.g. "70".""",
+    ).tag(config=True)
+
+    @validate("review_bonus_per_item", "review_spread_limit", "inference_pass_mark")
+    def _check_decimal(self, proposal):
+        try:
+            value = Decimal(proposal.value)
+        except InvalidOperation:
+            raise ValueError(f"{proposal.trait.name} must be a decimal number") from None
+        if not value.is_finite() or not 0 <= value <= 100:
+            raise ValueError(f"{proposal.trait.name} must be between 0 and 100")
+        return proposal.value
+
+    tier_points = Dict(
+        value_trait=Integer(),
+        default_value={"L1": 1000, "L2": 2000, "L3": 6000},
+        help="""Points awarded for each tier, e.g. {"L1": 1000, "L2": 2000, "L3": 6000}.""",
+    ).tag(config=True)
+
+    @validate("tier_points")
+    def _check_tier_points(self, proposal):
+        if set(proposal.value) != set(review.TIERS) or min(proposal.value.values()) <= 0:
+            raise ValueError("tier_points gives a positive number of points to L1, L2 and L3")
+        return proposal.value
+
+    award_window_months = Integer(
+        3,
+        help="Calendar months of use from the award's notice date, e.g. 3.",
+    ).tag(config=True)
+
+    @validate("award_window_months")
+    def _check_window_months(self, proposal):
+        if not 1 <= proposal.value <= 24:
+            raise ValueError("award_window_months must be between 1 and 24")
+        return proposal.value
+
+    @property
+    def review_settings(self) -> review.ReviewSettings:
+        return review.ReviewSettings(
+            reviewers_per_application=self.reviewers_per_application,
+            bonus_per_item=Decimal(self.review_bonus_per_item),
+            spread_limit=Decimal(self.review_spread_limit),
+            inference_pass_mark=Decimal(self.inference_pass_mark),
+        )
+
+    @property
+    def award_settings(self) -> AwardSettings:
+        return AwardSettings(
+            tier_points=dict(self.tier_points), window_months=self.award_window_months
+        )
 
     def initialize(self, argv=None):
         super().initialize(argv)

@@ -78,9 +78,17 @@ SUBJECT_PREFIX = "[AI 算力平台 AI Power Platform]"
 
 
 class ApplicationError(ValueError):
-    def __init__(self, zh: str, en: str):
+    """A refusal with its reason in both languages and, where one value is at fault, the
+    field it concerns (the dotted path a form or the API names it by)."""
+
+    def __init__(self, zh: str, en: str, *, field: str = ""):
         super().__init__(f"{zh} / {en}")
-        self.zh, self.en = zh, en
+        self.zh, self.en, self.field = zh, en, field
+
+
+class StateConflict(ApplicationError):
+    """Refused for the state things are in (not yet scored, already assigned), not for a
+    value the caller gave."""
 
 
 class PermissionDenied(ApplicationError):
@@ -237,7 +245,9 @@ def create_round(
     require_operator(actor)
     category = Category(category)
     if closes_at <= opens_at:
-        raise ApplicationError("截止時間應晚於開始時間", "a round closes after it opens")
+        raise ApplicationError(
+            "截止時間應晚於開始時間", "a round closes after it opens", field="closes_at"
+        )
     round_ = Round(
         name=name, category=category, opens_at=opens_at, closes_at=closes_at, created_at=now
     )
@@ -256,6 +266,11 @@ def create_round(
         closes_at=closes_at.isoformat(),
     )
     return round_
+
+
+def rounds(db: Session) -> list[Round]:
+    """Every round, the latest opening first."""
+    return list(db.scalars(select(Round).order_by(Round.opens_at.desc(), Round.id.desc())))
 
 
 def accepting(round_: Round, now: datetime) -> bool:
@@ -318,6 +333,7 @@ def _claim_place(db: Session, application: Application) -> None:
             raise ApplicationError(
                 f"統一編號 {key} 在本梯次已有一件進行中的申請案",
                 f"business number {key} already has an open application in this round",
+                field="company.business_number",
             )
     application.open_key = key
     try:
@@ -326,6 +342,7 @@ def _claim_place(db: Session, application: Application) -> None:
         raise ApplicationError(
             f"統一編號 {key} 在本梯次已有一件進行中的申請案",
             f"business number {key} already has an open application in this round",
+            field="company.business_number",
         ) from e
 
 
@@ -370,7 +387,7 @@ def save_draft(
     ):
         if value is not None:
             if not isinstance(value, dict):
-                raise ApplicationError("資料格式不正確", f"{name} must be an object")
+                raise ApplicationError("資料格式不正確", f"{name} must be an object", field=name)
             docs[name] = value
     _store(application, docs)
     application.updated_at = now
@@ -553,7 +570,9 @@ def record_criterion(
             "申請案不在資格審查中", "the application is not in qualification"
         )
     if criterion not in CRITERIA:
-        raise ApplicationError(f"沒有 {criterion} 這個審查項目", f"no criterion {criterion}")
+        raise ApplicationError(
+            f"沒有 {criterion} 這個審查項目", f"no criterion {criterion}", field="criterion"
+        )
     row = db.scalar(
         select(QualificationResult).where(
             QualificationResult.application_id == application.id,
@@ -589,7 +608,7 @@ def qualify(db: Session, actor: Account, application: Application, *, now: datet
     decisions = _decisions(db, application)
     open_ = [c for c, passed in decisions.items() if passed is not True]
     if open_:
-        raise ApplicationError(
+        raise StateConflict(
             f"尚有未通過或未判定的項目：{', '.join(open_)}",
             f"criteria not passed or not decided: {', '.join(open_)}",
         )
@@ -607,11 +626,9 @@ def reject(
     if application.status == A.QUALIFICATION:
         failed = [c for c, passed in _decisions(db, application).items() if passed is False]
         if not failed:
-            raise ApplicationError(
-                "請先記錄未通過的審查項目", "record the criteria that failed first"
-            )
+            raise StateConflict("請先記錄未通過的審查項目", "record the criteria that failed first")
     if not reason.strip():
-        raise ApplicationError("請填寫原因", "a reason is required")
+        raise ApplicationError("請填寫原因", "a reason is required", field="reason")
     change_status(db, application, A.REJECTED, actor=actor.username, reason=reason, now=now)
     notify(
         db,
@@ -630,7 +647,8 @@ def reject(
 SECTIONS = ("company", "consent", "declarations", "proposal")
 
 
-def _current_request(db: Session, application: Application) -> SupplementRequest | None:
+def current_request(db: Session, application: Application) -> SupplementRequest | None:
+    """The supplement request the applicant still has to answer, if any."""
     return db.scalar(
         select(SupplementRequest)
         .where(
@@ -657,11 +675,15 @@ def request_supplement(
     require_operator(actor)
     if not fields or any(f.split(".", 1)[0] not in SECTIONS for f in fields):
         raise ApplicationError(
-            "請列出要補正的欄位", "list the fields to supply (company.*, proposal.*, ...)"
+            "請列出要補正的欄位",
+            "list the fields to supply (company.*, proposal.*, ...)",
+            field="fields",
         )
     due_before = deadline_after(due_day)
     if due_before <= now:
-        raise ApplicationError("補件期限應在未來", "the deadline must be in the future")
+        raise ApplicationError(
+            "補件期限應在未來", "the deadline must be in the future", field="due_day"
+        )
     change_status(
         db,
         application,
@@ -705,12 +727,13 @@ def _allowed(path: str, fields: list[str]) -> bool:
     return any(path == f or path.startswith(f + ".") for f in fields)
 
 
-def _set(doc: dict, parts: list[str], value) -> None:
-    for part in parts[:-1]:
+def _set(docs: dict, path: str, value) -> None:
+    doc, (*parents, last) = docs, path.split(".")
+    for part in parents:
         doc = doc.setdefault(part, {})
         if not isinstance(doc, dict):
-            raise ApplicationError("欄位不存在", "no such field")
-    doc[parts[-1]] = value
+            raise ApplicationError("欄位不存在", "no such field", field=path)
+    doc[last] = value
 
 
 def supplement(
@@ -728,11 +751,7 @@ def supplement(
         )
     docs = documents(application)
     for path, value in changes.items():
-        section, *rest = path.split(".")
-        if not rest:
-            docs[section] = value
-        else:
-            _set(docs[section], rest, value)
+        _set(docs, path, value)
     _store(application, docs)
     application.updated_at = now
     _claim_place(db, application)
@@ -751,7 +770,7 @@ def supplement(
 def _open_request(db: Session, application: Application, now: datetime) -> SupplementRequest:
     if application.status != A.SUPPLEMENT_REQUESTED:
         raise TransitionNotAllowed("申請案不在補件中", "no supplement is requested")
-    request = _current_request(db, application)
+    request = current_request(db, application)
     if now >= request.due_before:
         raise DeadlinePassed("補件期限已過", "the supplement deadline has passed")
     return request
@@ -869,14 +888,36 @@ def notify(
 @dataclass(frozen=True)
 class Summary:
     id: int
+    round_id: int
     status: str
     company_name: str
     category: str
     submitted_at: datetime | None
+
+    @classmethod
+    def of(cls, a: Application) -> Summary:
+        return cls(a.id, a.round_id, a.status, a.company_name, a.category, a.submitted_at)
 
 
 def mine(db: Session, actor: Account) -> list[Summary]:
     rows = db.scalars(
         select(Application).where(Application.account_id == actor.id).order_by(Application.id)
     )
-    return [Summary(a.id, a.status, a.company_name, a.category, a.submitted_at) for a in rows]
+    return [Summary.of(a) for a in rows]
+
+
+def every(
+    db: Session,
+    actor: Account,
+    *,
+    round_id: int | None = None,
+    status: ApplicationStatus | None = None,
+) -> list[Summary]:
+    """Every application (operators), optionally of one round or in one status."""
+    require_operator(actor)
+    query = select(Application).order_by(Application.id)
+    if round_id is not None:
+        query = query.where(Application.round_id == round_id)
+    if status is not None:
+        query = query.where(Application.status == status)
+    return [Summary.of(a) for a in db.scalars(query)]

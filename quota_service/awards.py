@@ -117,6 +117,7 @@ def parse_networks(values: list[str]) -> list[str]:
         raise apps.ApplicationError(
             f"IP 位址或網段格式不正確：{', '.join(bad)}",
             f"not an IP address or CIDR block: {', '.join(bad)}",
+            field="trusted_networks",
         )
     return list(dict.fromkeys(result))
 
@@ -127,10 +128,12 @@ def set_trusted_networks(
     apps.require_operator(operator)
     project = db.get(Project, award.project_id)
     if project.category != Category.TRAINING:
-        raise apps.ApplicationError("僅訓練類需登錄固定 IP", "only training uses trusted networks")
+        raise apps.StateConflict("僅訓練類需登錄固定 IP", "only training uses trusted networks")
     parsed = parse_networks(networks)
     if not parsed:
-        raise apps.ApplicationError("請至少登錄一個固定 IP", "give at least one trusted address")
+        raise apps.ApplicationError(
+            "請至少登錄一個固定 IP", "give at least one trusted address", field="trusted_networks"
+        )
     old = json.loads(award.trusted_networks)
     award.trusted_networks = json.dumps(parsed)
     audit.record(
@@ -181,15 +184,17 @@ def _active_keys(db: Session, award: Award) -> list[ApiKey]:
     )
 
 
-def _may_manage_key(db: Session, actor: Account, award: Award) -> bool:
-    if actor.is_operator:
-        return True
-    role = db.scalar(
+def _role(db: Session, award: Award, actor: Account) -> str | None:
+    """The actor's role in the awarded project (lead, contact, trainee), or None."""
+    return db.scalar(
         select(Membership.role).where(
             Membership.project_id == award.project_id, Membership.account_id == actor.id
         )
     )
-    return role in ("lead", "contact")
+
+
+def _may_manage_key(db: Session, actor: Account, award: Award) -> bool:
+    return actor.is_operator or _role(db, award, actor) in ("lead", "contact")
 
 
 def regenerate_api_key(db: Session, actor: Account, award: Award, *, now: datetime) -> str:
@@ -201,7 +206,7 @@ def regenerate_api_key(db: Session, actor: Account, award: Award, *, now: dateti
             "only the project lead, the contact person or an operator may replace the key",
         )
     if db.get(Project, award.project_id).category != Category.INFERENCE:
-        raise apps.ApplicationError("僅推論類使用 API 金鑰", "only inference uses an API key")
+        raise apps.StateConflict("僅推論類使用 API 金鑰", "only inference uses an API key")
     for key in _active_keys(db, award):
         key.revoked_at, key.revoked_by = now, actor.username
     company_id = db.get(Project, award.project_id).company_id
@@ -244,6 +249,50 @@ def verify_api_key(db: Session, token: str) -> ApiKey | None:
     )
 
 
+# ---- reading an award -----------------------------------------------------------------------
+
+
+def award_of(db: Session, project_id: int, *, lock: bool = False) -> Award | None:
+    """The project's award; ``lock`` serialises changes to it (two regenerations at once
+    would otherwise leave two active keys)."""
+    query = select(Award).where(Award.project_id == project_id)
+    return db.scalar(query.with_for_update() if lock else query)
+
+
+def view(db: Session, actor: Account, project_id: int) -> dict:
+    """A project's award as its members and the operators see it: tier, points, window,
+    members, trusted networks and the active API key's prefix (never a key)."""
+    record = award_of(db, project_id)
+    if record is None or not (actor.is_operator or _role(db, record, actor)):
+        raise apps.PermissionDenied(
+            "找不到核定資料或無權查看", "no such award, or not yours to see"
+        )
+    members = db.execute(
+        select(Account.username, Account.email, Membership.role)
+        .join(Membership, Membership.account_id == Account.id)
+        .where(Membership.project_id == project_id)
+        .order_by(Membership.id)
+    )
+    keys = _active_keys(db, record)
+    return {
+        "application_id": record.application_id,
+        "project_id": record.project_id,
+        "category": db.get(Project, project_id).category,
+        "tier": record.tier,
+        "points": record.points,
+        "window_start": record.window_start,
+        "window_end": record.window_end,
+        "trusted_networks": json.loads(record.trusted_networks),
+        "members": [
+            {"username": username, "email": email, "role": role}
+            for username, email, role in members
+        ],
+        "api_key": ({"prefix": keys[0].prefix, "created_at": keys[0].created_at} if keys else None),
+        "awarded_by": record.awarded_by,
+        "created_at": record.created_at,
+    }
+
+
 # ---- the award -----------------------------------------------------------------------------
 
 
@@ -271,12 +320,16 @@ def award(
     networks = parse_networks(trusted or [])
     if category is Category.TRAINING and not networks:
         raise apps.ApplicationError(
-            "訓練類請登錄公司的固定 IP", "training needs the company's trusted fixed addresses"
+            "訓練類請登錄公司的固定 IP",
+            "training needs the company's trusted fixed addresses",
+            field="trusted_networks",
         )
     bad = [e for e in trainees if validation.check_email(e)]
     if bad:
         raise apps.ApplicationError(
-            f"學員電子郵件格式不正確：{', '.join(bad)}", f"not e-mail addresses: {bad}"
+            f"學員電子郵件格式不正確：{', '.join(bad)}",
+            f"not e-mail addresses: {bad}",
+            field="trainees",
         )
     docs = apps.documents(application)
     company = db.scalar(

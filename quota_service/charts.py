@@ -6,6 +6,7 @@ decimal; the numbers shown as text come from the same exact values.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from fractions import Fraction
 
@@ -29,6 +30,7 @@ def _coord(value: Fraction) -> str:
 
 
 def burn_down_svg(
+    gettext: Callable[[str], str],
     *,
     window_start: datetime,
     window_end: datetime,
@@ -36,7 +38,8 @@ def burn_down_svg(
     days: list[Day],
     forecast: Forecast | None,
 ) -> Markup:
-    """Balance at the end of each day (solid line, dots) and the forecast from now (dashed)."""
+    """Balance at the end of each day (solid line, dots) and the forecast from now (dashed),
+    its text in the language of ``gettext`` (the page's)."""
     span = microseconds(window_end - window_start) or 1
     plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
     values = [d.balance_millipoints for d in days]
@@ -58,18 +61,22 @@ def burn_down_svg(
     def y(millipoints: int) -> str:
         return _coord(TOP + Fraction(plot_h * (top_value - millipoints), top_value - bottom_value))
 
+    # outside the f-strings, where the message extraction (tests/test_i18n.py) finds them
+    title, today = escape(gettext("Points burn-down")), escape(gettext("today"))
+    balance, forecast_label = escape(gettext("Balance")), escape(gettext("Forecast"))
     parts = [
         f'<svg id="burn-down" xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {WIDTH} {HEIGHT}" '
         f'width="100%" style="max-width:{WIDTH}px" role="img" '
         'aria-labelledby="burn-down-title burn-down-desc">',
-        '<title id="burn-down-title">點數消耗圖 / Points burn-down</title>',
+        f'<title id="burn-down-title">{title}</title>',
     ]
     last = days[-1] if days else None
     desc = (
-        f"每日結束時的餘額，最新 {to_points(last.balance_millipoints)} 點 / "
-        f"balance at the end of each day, latest {to_points(last.balance_millipoints)} points"
+        gettext("Balance at the end of each day, latest {points} points").format(
+            points=to_points(last.balance_millipoints)
+        )
         if last
-        else "使用期間尚未開始 / the window has not started"
+        else gettext("The window has not started.")
     )
     parts.append(f'<desc id="burn-down-desc">{escape(desc)}</desc>')
     # axes and the zero line
@@ -102,7 +109,7 @@ def burn_down_svg(
             f'<line x1="{x(now)}" y1="{TOP}" x2="{x(now)}" y2="{TOP + plot_h}" '
             'stroke="#d0d7de" stroke-width="1"/>'
             f'<text x="{x(now)}" y="{base + 14}" text-anchor="middle" {label}>'
-            "今天 today</text>"
+            f"{today}</text>"
         )
     if days:
         points = " ".join(f"{x(d.end)},{y(d.balance_millipoints)}" for d in days)
@@ -127,10 +134,10 @@ def burn_down_svg(
         f"<g {label}>"
         f'<line x1="{LEFT + 10}" y1="{TOP + 6}" x2="{LEFT + 34}" y2="{TOP + 6}" '
         'stroke="#0b3d91" stroke-width="2"/>'
-        f'<text x="{LEFT + 40}" y="{TOP + 10}">餘額 balance</text>'
+        f'<text x="{LEFT + 40}" y="{TOP + 10}">{balance}</text>'
         f'<line x1="{LEFT + 140}" y1="{TOP + 6}" x2="{LEFT + 164}" y2="{TOP + 6}" '
         'stroke="#bf8700" stroke-width="2" stroke-dasharray="6 4"/>'
-        f'<text x="{LEFT + 170}" y="{TOP + 10}">預測 forecast</text>'
+        f'<text x="{LEFT + 170}" y="{TOP + 10}">{forecast_label}</text>'
         "</g>"
     )
     parts.append("</svg>")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 from traitlets import Float, Unicode, default
@@ -60,8 +60,11 @@ class QuotaClient:
             raise QuotaServiceUnavailable(str(e)) from e
         return json.loads(response.body) if response.body else {}
 
-    async def access(self, username: str) -> dict:
-        return await self._request("GET", f"/api/v1/internal/access/{quote(username, safe='')}")
+    async def access(self, username: str, email: str = "") -> dict:
+        path = f"/api/v1/internal/access/{quote(username, safe='')}"
+        if email:
+            path += "?" + urlencode({"email": email})
+        return await self._request("GET", path)
 
     async def open_session(self, **request: object) -> dict:
         return await self._request("POST", "/api/v1/internal/sessions", request)

@@ -122,7 +122,8 @@ class ClosingState:
 
     @property
     def missing_names(self) -> list[str]:
-        return [f"{PART_NAMES[p][0]} {PART_NAMES[p][1]}" for p in self.missing]
+        """Each missing part's name, bilingual ("簡報 / slides")."""
+        return [f"{PART_NAMES[p][0]} / {PART_NAMES[p][1]}" for p in self.missing]
 
 
 def state(project: Project, report: ClosingReport | None, now: datetime) -> ClosingState | None:
@@ -248,7 +249,7 @@ URL_MAX = 2000
 def check_video_url(text: str) -> str | None:
     if len(text) > URL_MAX:
         return (
-            f"連結太長（上限 {URL_MAX} 字元）/ the link is too long (at most {URL_MAX} characters)"
+            f"連結太長（上限 {URL_MAX} 字元） / the link is too long (at most {URL_MAX} characters)"
         )
     if re.search(r"\s", text):
         return "連結不可包含空白 / the link cannot contain spaces"

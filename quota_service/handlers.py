@@ -230,6 +230,25 @@ class ProjectPage(BaseHandler):
         )
 
 
+REASON_REQUIRED = "請填寫原因 / a reason is required"
+POINTS_HELP = "請輸入點數，例如 100 或 12.5 / type a number of points, e.g. 100 or 12.5"
+
+
+def parse_points(typed: str) -> tuple[int, str | None]:
+    """Millipoints of the points an operator typed, exactly, or a bilingual message for the
+    field when they are not a number of points."""
+    if not typed:
+        return 0, POINTS_HELP
+    try:
+        return points_to_millipoints(typed), None
+    except ValueError as e:
+        if "decimal places" in str(e):
+            return 0, "點數最多三位小數 / points have at most three decimal places"
+        if "too many" in str(e):
+            return 0, "點數太大 / too many points"
+        return 0, POINTS_HELP
+
+
 class AdminPage(BaseHandler):
     def require_operator(self):
         if not self.is_operator:
@@ -258,20 +277,20 @@ class AdminProjectAction(AdminPage):
         reason = self.get_body_argument("reason", "").strip()
         typed = {
             "project_id": int(project_id),
+            "form": action,
             "reason": reason,
-            "points": self.get_body_argument("points", ""),
+            "points": self.get_body_argument("points", "").strip(),
         }
         errors: dict[str, str] = {}
         if not reason:
-            errors["reason"] = "請填寫原因 / a reason is required"
+            errors["reason"] = REASON_REQUIRED
         millipoints = 0
         if action == "grant":
-            try:
-                millipoints = points_to_millipoints(typed["points"])
-                if millipoints <= 0:
-                    raise ValueError("核發點數必須大於 0 / a grant must be positive")
-            except ValueError as e:
-                errors["points"] = str(e)
+            millipoints, message = parse_points(typed["points"])
+            if not message and millipoints <= 0:
+                message = "核發點數必須大於 0 / a grant must be positive"
+            if message:
+                errors["points"] = message
         if not errors:
             try:
                 with self.db() as db:
@@ -328,7 +347,10 @@ class OpenAPISpec(web.RequestHandler):
 
 class AccessAPI(InternalAPIHandler):
     def get(self, username: str):
+        email = self.get_query_argument("email", "")[:320]
         with self.db() as db:
+            if email:  # a sign-in: the identity provider's address ties it to the account
+                access.link_sign_in(db, username, email, now=utcnow())
             decision = access.decide(db, username, utcnow())
             project = decision.project
             self.write_json(
@@ -497,7 +519,7 @@ class SessionCloseAPI(InternalAPIHandler):
 
 
 def routes() -> list[tuple[str, type]]:
-    from . import project_pages, violation_pages  # they build on the handlers above
+    from . import application_api, project_pages, violation_pages  # built on the handlers above
 
     return (
         project_pages.routes()
@@ -515,5 +537,6 @@ def routes() -> list[tuple[str, type]]:
             (r"api/v1/internal/refusals", RefusalsAPI),
             (r"api/v1/network-refusals", NetworkRefusalsAPI),
             (r"metrics", MetricsHandler),
+            *application_api.routes(),
         ]
     )

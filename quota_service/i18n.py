@@ -3,7 +3,9 @@
 Conventions (every page follows them):
 
 - Templates and handlers write English source text through ``_()``:
-  ``{{ _("Save draft") }}``, or with values ``{{ _("{n} points left").format(n=points) }}``.
+  ``{{ _("Save draft") }}``, or with values ``{{ _("{n} points left").format(n=points) }}``;
+  a value with markup goes in through ``Markup.format`` (which escapes the rest), so that no
+  message id carries markup: ``{{ (_("due by {when}") | e).format(when=strong_when) }}``.
   The text is the message id; Traditional Chinese comes from the catalogues, English is the id.
 - Catalogues are gettext ``.po`` files under ``quota_service/locale/zh_TW/LC_MESSAGES/``, one
   file per area (``base.po``, ``applications.po``, ...) so that areas never edit one file.

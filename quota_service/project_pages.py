@@ -9,10 +9,8 @@ from urllib.parse import quote
 
 from tornado import web
 
-from spawner.points import points_to_millipoints
-
 from . import access, closing, ledger, model_scans, reports, usage
-from .handlers import AdminPage, BaseHandler
+from .handlers import REASON_REQUIRED, AdminPage, BaseHandler, parse_points
 from .models import LedgerKind, Project
 from .storage import LocalFileStore
 from .timewindow import taipei, utcnow
@@ -152,26 +150,6 @@ class ClosingFile(ProjectMixin, BaseHandler):
         self.finish(body)
 
 
-POINTS_HELP = "請輸入點數，例如 -12.5 或 100 / type a number of points, e.g. -12.5 or 100"
-
-
-def parse_adjustment(points: str) -> tuple[int, str | None]:
-    """Millipoints of a signed adjustment, or a bilingual message for the field."""
-    if not points:
-        return 0, POINTS_HELP
-    try:
-        millipoints = points_to_millipoints(points)
-    except ValueError as e:
-        if "decimal places" in str(e):
-            return 0, "點數最多三位小數 / points have at most three decimal places"
-        if "too many" in str(e):
-            return 0, "點數太大 / too many points"
-        return 0, POINTS_HELP
-    if millipoints == 0:
-        return 0, "調整點數不可為 0 / an adjustment cannot be zero"
-    return millipoints, None
-
-
 class AdminAdjust(AdminPage):
     """Add or remove points with a reason, written to the ledger as an adjustment and
     audited; a removal runs a metering pass at once, so servers stop if it must."""
@@ -188,11 +166,13 @@ class AdminAdjust(AdminPage):
             "reason": reason,
         }
         errors = {}
-        millipoints, message = parse_adjustment(points)
+        millipoints, message = parse_points(points)
+        if not message and millipoints == 0:
+            message = "調整點數不可為 0 / an adjustment cannot be zero"
         if message:
             errors["points"] = message
         if not reason:
-            errors["reason"] = "請填寫原因 / a reason is required"
+            errors["reason"] = REASON_REQUIRED
         if not errors:
             with self.db() as db:
                 if db.get(Project, int(project_id)) is None:

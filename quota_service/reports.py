@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import datetime, timedelta
+from functools import partial
 
 from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session, selectinload
@@ -264,8 +265,14 @@ def project_usage(db: Session, project: Project, now: datetime) -> dict | None:
             {"day": d.day.isoformat(), "balance_points": str(to_points(d.balance_millipoints))}
             for d in days
         ],
-        "chart": charts.burn_down_svg(
-            window_start=start, window_end=end, now=now, days=days, forecast=forecast
+        # drawn by the page, in its language: ``usage.chart(_)``
+        "chart": partial(
+            charts.burn_down_svg,
+            window_start=start,
+            window_end=end,
+            now=now,
+            days=days,
+            forecast=forecast,
         ),
         "forecast": {
             "basis": forecast.basis,

@@ -174,7 +174,9 @@ def assign(
             "申請案不在專業審查中", "the application is not in professional review"
         )
     if not reviewer.is_reviewer:
-        raise apps.ApplicationError("此帳號不是審查委員", "this account is not a reviewer")
+        raise apps.ApplicationError(
+            "此帳號不是審查委員", "this account is not a reviewer", field="reviewer"
+        )
     conflicts = obvious_conflicts(db, reviewer, application)
     if conflicts:
         raise ConflictOfInterest(
@@ -182,10 +184,10 @@ def assign(
         )
     existing = _assignments(db, application)
     if any(a.reviewer_id == reviewer.id for a in existing):
-        raise apps.ApplicationError("已指派此委員", "this reviewer is already assigned")
+        raise apps.StateConflict("已指派此委員", "this reviewer is already assigned")
     active = [a for a in existing if a.recused_at is None]
     if len(active) >= settings.reviewers_per_application:
-        raise apps.ApplicationError(
+        raise apps.StateConflict(
             f"每件申請案指派 {settings.reviewers_per_application} 位委員",
             f"{settings.reviewers_per_application} reviewers per application",
         )
@@ -230,7 +232,7 @@ def declare_conflict(
     and the application is closed to them."""
     assignment = _my_assignment(db, reviewer, application)
     if not reason.strip():
-        raise apps.ApplicationError("請說明利益衝突", "describe the conflict")
+        raise apps.ApplicationError("請說明利益衝突", "describe the conflict", field="reason")
     assignment.conflict_declared, assignment.recused_at = reason, now
     audit.record(
         db,
@@ -242,6 +244,45 @@ def declare_conflict(
         reason=reason,
     )
     db.flush()
+
+
+def assignments(db: Session, operator: Account, application: Application) -> list[dict]:
+    """Who reviews the application: recused ones too, with their reason, and when each
+    reviewer last saved a sheet."""
+    apps.require_operator(operator)
+    rows = db.execute(
+        select(ReviewerAssignment, Account.username, ScoreSheet.submitted_at)
+        .join(Account, Account.id == ReviewerAssignment.reviewer_id)
+        .outerjoin(ScoreSheet, ScoreSheet.assignment_id == ReviewerAssignment.id)
+        .where(ReviewerAssignment.application_id == application.id)
+        .order_by(ReviewerAssignment.id)
+    )
+    return [
+        {
+            "reviewer": username,
+            "assigned_by": a.assigned_by,
+            "assigned_at": a.assigned_at,
+            "recused_at": a.recused_at,
+            "conflict_declared": a.conflict_declared,
+            "sheet_saved_at": saved_at,
+        }
+        for a, username, saved_at in rows
+    ]
+
+
+def assigned_to(db: Session, reviewer: Account) -> list[apps.Summary]:
+    """The applications a reviewer is assigned to and not recused from."""
+    if not reviewer.is_reviewer:
+        raise apps.PermissionDenied("只有審查委員可以查看", "reviewers only")
+    rows = db.scalars(
+        select(Application)
+        .join(ReviewerAssignment, ReviewerAssignment.application_id == Application.id)
+        .where(
+            ReviewerAssignment.reviewer_id == reviewer.id, ReviewerAssignment.recused_at.is_(None)
+        )
+        .order_by(Application.id)
+    )
+    return [apps.Summary.of(a) for a in rows]
 
 
 def open_for_review(db: Session, reviewer: Account, application_id: int) -> dict:
@@ -279,12 +320,14 @@ def weighted_total(
     weights = WEIGHTS[Category(category)]
     if set(scores) != set(weights):
         raise apps.ApplicationError(
-            "評分項目不完整", f"scores are needed for exactly {sorted(weights)}"
+            "評分項目不完整", f"scores are needed for exactly {sorted(weights)}", field="scores"
         )
     for name, score in scores.items():
         if isinstance(score, bool) or not isinstance(score, int) or not 0 <= score <= 100:
             raise apps.ApplicationError(
-                f"{name} 應為 0 到 100 的整數", f"{name} is a whole score from 0 to 100"
+                f"{name} 應為 0 到 100 的整數",
+                f"{name} is a whole score from 0 to 100",
+                field=f"scores.{name}",
             )
     weighted = Decimal(sum(weights[n] * s for n, s in scores.items())) / 100
     return weighted + bonus_count * Decimal(bonus_per_item)
@@ -336,6 +379,12 @@ def submit_sheet(
     return sheet
 
 
+def my_sheet(db: Session, reviewer: Account, application: Application) -> ScoreSheet | None:
+    """The reviewer's own sheet, None before its first save; refused once recused."""
+    assignment = _my_assignment(db, reviewer, application)
+    return db.scalar(select(ScoreSheet).where(ScoreSheet.assignment_id == assignment.id))
+
+
 # ---- aggregation, ranking, decisions -------------------------------------------------------
 
 
@@ -378,7 +427,7 @@ def aggregate(
     ).scalars()
     return Aggregate(
         application.id,
-        [Decimal(t) / 100 for t in rows],
+        [Decimal(t).scaleb(-2) for t in rows],  # exact, in hundredths: 66.00
         settings.reviewers_per_application,
     )
 
@@ -433,7 +482,7 @@ def ranking(
 
 def _require_complete(result: Aggregate) -> None:
     if not result.complete:
-        raise apps.ApplicationError(
+        raise apps.StateConflict(
             f"評分尚未完成（{len(result.totals)}/{result.expected}）",
             f"the scoring is not complete ({len(result.totals)}/{result.expected})",
         )
@@ -441,7 +490,9 @@ def _require_complete(result: Aggregate) -> None:
 
 def _check_tier(tier: str) -> None:
     if tier not in TIERS:
-        raise apps.ApplicationError("級別應為 L1、L2 或 L3", "the tier is L1, L2 or L3")
+        raise apps.ApplicationError(
+            "級別應為 L1、L2 或 L3", "the tier is L1, L2 or L3", field="tier"
+        )
 
 
 def decide_inference(
@@ -457,7 +508,7 @@ def decide_inference(
     rejected. Returns whether it passed."""
     apps.require_operator(operator)
     if application.category != Category.INFERENCE:
-        raise apps.ApplicationError("訓練類由審查會議決定", "training is decided by the meeting")
+        raise apps.StateConflict("訓練類由審查會議決定", "training is decided by the meeting")
     _check_tier(tier)
     result = aggregate(db, application, settings)
     _require_complete(result)
@@ -500,7 +551,7 @@ def record_meeting_decision(
     """Training: the review meeting's decision, recorded by the operator with the tier."""
     apps.require_operator(operator)
     if application.category != Category.TRAINING:
-        raise apps.ApplicationError("推論類依及格分數決定", "inference is decided by the pass mark")
+        raise apps.StateConflict("推論類依及格分數決定", "inference is decided by the pass mark")
     result = aggregate(db, application, settings)
     _require_complete(result)
     if selected:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import itertools
+import json
 from datetime import date, timedelta
 
 import pytest
 
 from hub_config.seed import seed_demo
 from quota_service import access
-from quota_service.models import Account, Company, Membership, Project, ProjectStatus
+from quota_service.models import Account, AuditEvent, Company, Membership, Project, ProjectStatus
 from quota_service.timewindow import window_for_notice
 from tests.conftest import at
 
@@ -216,3 +217,59 @@ def test_a_person_gets_an_account_at_the_first_visit_and_keeps_it(db):
     assert first.id == again.id
     assert again.created_at == at("2026-11-28 09:00")
     assert db.query(Account).filter_by(username="newcomer@startup.example.tw").count() == 1
+
+
+# ---- a hub sign-in tied to the account an award made by e-mail ---------------------------
+
+
+def award_placeholder(db, email: str, company_number: str) -> tuple[Account, Project]:
+    """What an award does for a member who never signed in: an account named from the
+    address, a member of the project."""
+    from quota_service.awards import account_for_email
+
+    now = at("2026-11-02 10:00")
+    account = account_for_email(db, email, "", now=now)
+    company = Company(name="新創", business_number=company_number, created_at=now)
+    project = Project(company=company, name="新計畫", status=ProjectStatus.APPROVED,
+                      tier="L1", created_at=now)  # fmt: skip
+    db.add_all([company, project])
+    db.add(Membership(project=project, account=account, role="trainee", created_at=now))
+    db.flush()
+    return account, project
+
+
+def test_a_first_sign_in_takes_over_the_account_the_award_made(db):
+    placeholder, project = award_placeholder(db, "Lead.Lin@startup.example.tw", "22099131")
+    linked = access.link_sign_in(
+        db, "lead", "lead.lin@startup.example.tw", now=at("2026-11-03 09:00")
+    )
+    assert linked.id == placeholder.id and linked.username == "lead"
+    assert access.is_member(db, project.id, "lead")
+    again = access.link_sign_in(
+        db, "lead", "lead.lin@startup.example.tw", now=at("2026-11-03 09:01")
+    )
+    assert again.id == placeholder.id
+
+
+def test_an_applicant_who_signed_in_before_the_award_gets_its_memberships(db):
+    before = access.account_of(db, "applicant-1", now=at("2026-10-01 09:00"))  # no address yet
+    placeholder, project = award_placeholder(db, "ceo@startup.example.tw", "22099131")
+    linked = access.link_sign_in(
+        db, "applicant-1", "CEO@startup.example.tw", now=at("2026-11-03 09:00")
+    )
+    assert linked.id == before.id and linked.email == "CEO@startup.example.tw"
+    assert access.is_member(db, project.id, "applicant-1")
+    assert db.get(Account, placeholder.id) is None
+    merged = db.query(AuditEvent).filter_by(action="account.merged").one()
+    assert json.loads(merged.detail)["projects"] == [project.id]
+
+
+def test_an_address_held_by_someone_who_signed_in_is_not_taken(db):
+    owner = access.account_of(db, "owner", now=at("2026-10-01 09:00"))
+    owner.email = "shared@startup.example.tw"
+    other = access.link_sign_in(
+        db, "other", "shared@startup.example.tw", now=at("2026-11-03 09:00")
+    )
+    assert other.id != owner.id and owner.username == "owner"
+    assert other.email == ""  # one address, one person: the award finds the owner
+    assert access.decide(db, "other", at("2026-11-03 09:00")).project is None

@@ -70,7 +70,7 @@ def test_trainee_starts_an_amd_server_from_the_form_and_sees_it_metered(stack, c
     servers = page.locator("table.servers")
     expect(servers).to_contain_text("AMD (ROCm)")
     expect(servers).to_contain_text("amd:0")
-    expect(servers).to_contain_text("模擬 simulated")
+    expect(servers.locator(".badge")).to_have_text("模擬")
     expect(page.locator("#burn-rate")).to_contain_text("2 點/小時")
     page.screenshot(path=str(tmp_path / "project.png"), full_page=True)
 
@@ -100,7 +100,8 @@ def test_operator_grants_points_and_a_bad_amount_keeps_what_was_typed(stack, chr
     section.locator('form[action$="/grant"] input[name="reason"]').fill("補發 / top-up")
     section.locator('form[action$="/grant"] button').click()
     section = page.locator("#project-1")
-    expect(section.locator(".error")).to_contain_text("three decimal places")
+    expect(section.locator('[data-field="points"]')).to_have_text("點數最多三位小數")
+    expect(section.locator("#grant-points-1")).to_have_attribute("aria-invalid", "true")
     expect(section.locator('form[action$="/grant"] input[name="points"]')).to_have_value("12.3456")
     expect(section.locator('form[action$="/grant"] input[name="reason"]')).to_have_value(
         "補發 / top-up"
@@ -130,6 +131,8 @@ def test_pages_are_in_traditional_chinese_and_switch_to_english_without_javascri
     page.get_by_role("link", name="English").click()
     expect(page.locator("html")).to_have_attribute("lang", "en")
     expect(page.get_by_role("navigation", name="Platform")).to_contain_text("My projects")
+    expect(page.locator("h1")).to_have_text("My projects")
+    expect(page.get_by_role("columnheader", name="Balance (points)")).to_be_visible()
     # remembered: the next page without ?lang= is English too, and the switch goes back
     page.goto(stack.url("/services/quota/"))
     expect(page.locator("html")).to_have_attribute("lang", "en")

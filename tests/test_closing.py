@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.exc import NoResultFound
 
-from quota_service import closing, ledger, notifications
+from quota_service import closing, i18n, ledger, notifications
 from quota_service import db as database
 from quota_service.closing import Limits, Submission, Upload
 from quota_service.models import (
@@ -269,6 +269,20 @@ def test_the_size_limit_is_inclusive():
 )
 def test_video_links_must_be_http_or_https_to_a_named_host(url, ok):
     assert (closing.check_video_url(url) is None) is ok
+
+
+def test_every_link_refusal_shows_one_language_on_a_page():
+    translators = i18n.read_catalogues()
+    too_long = closing.check_video_url("https://v.example.tw/" + "a" * 2000)
+    assert translators["zh_TW"].bilingual(too_long) == "連結太長（上限 2000 字元）"
+    assert translators["en"].bilingual(too_long) == "the link is too long (at most 2000 characters)"
+    english = {
+        "ftp://example.com/demo.mp4": "the video link must start with http:// or https://",
+        "https://exa mple.com/x": "the link cannot contain spaces",
+        "https://localhost/x": "the video link has no valid host name",
+    }
+    for url, message in english.items():
+        assert translators["en"].bilingual(closing.check_video_url(url)) == message
 
 
 def test_an_empty_submission_is_refused_as_a_whole():

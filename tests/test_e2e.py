@@ -330,7 +330,7 @@ def test_suspension_stops_running_servers_and_later_spawns(stack, quota_db):
     action = stack.url(f"/services/quota/admin/projects/{project_id}/suspend")
     # without a reason: refused, nothing changed, what was typed is kept
     refused = operator.post(action, data={"_xsrf": xsrf, "reason": " "}, timeout=30)
-    assert refused.status_code == 400 and "a reason is required" in refused.text
+    assert refused.status_code == 400 and "請填寫原因" in refused.text
     assert server_model(api, stack, "suspendee")["ready"]
     done = operator.post(
         action, data={"_xsrf": xsrf, "reason": "違規調查 / investigation"}, timeout=60

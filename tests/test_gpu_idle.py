@@ -444,7 +444,7 @@ def prometheus(exporters, tmp_path_factory):
     """A real Prometheus scraping the recorded DCGM and AMD exporter pages every second."""
     binary = shutil.which("prometheus")
     if binary is None:
-        pytest.skip("Debian's prometheus is not installed (.ci/run installs it)")
+        pytest.fail("Prometheus is missing: apt-get install -y prometheus (.ci/run does it)")
     folder = tmp_path_factory.mktemp("prometheus")
     jobs = {
         "nvidia-dcgm-exporter": "/dcgm-exporter_metrics_8xH100.txt",

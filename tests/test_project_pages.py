@@ -56,6 +56,14 @@ def xsrf(page_html: str) -> str:
     return re.search(r'name="_xsrf" value="([^"]+)"', page_html).group(1)
 
 
+def in_english(browser: requests.Session, method: str, url: str, **kwargs) -> requests.Response:
+    """One request with the page in English (``?lang=en``); the language the switch remembers
+    in a cookie is forgotten again, so the session's other pages stay Traditional Chinese."""
+    response = browser.request(method, url, params={"lang": "en"}, timeout=30, **kwargs)
+    del browser.cookies["aipower_lang"]
+    return response
+
+
 def files_under(stack: Stack) -> list:
     root = stack.state / "files"
     return sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
@@ -112,11 +120,27 @@ def test_project_page_shows_weeks_breakdown_forecast_and_the_chart(stack, used_p
     assert re.search(r'id="total-gpu-hours">3\.00<', html)  # 1.5 h × 2 GPUs
     assert re.search(r'id="total-points-used">6\.000<', html)
     # the window opened a day ago: this is week 1
-    assert re.search(r'class="current" data-week="1"><td>1 \(本週 this week\)', html)
-    assert re.search(r'<tr data-member="counter"><td>counter</td><td class="num">1</td>', html)
+    assert re.search(
+        r'data-week="1" class="table-active" aria-current="true">\s*<td>1 \(本週\)', html
+    )
+    assert re.search(r'<tr data-member="counter"><td>counter</td><td class="text-end">1</td>', html)
     # no server runs: the average of the (1-day-old) window's use is the basis
-    assert "沒有執行中的伺服器，依最近 1 天的平均消耗" in html
+    assert "沒有執行中的伺服器，依最近 1 天的平均消耗 0.250 點/小時，" in html
     assert f'href="/services/quota/projects/{used_project}/usage.csv"' in html
+    assert '<th scope="col">使用者</th>' in html and ">User<" not in html
+
+
+def test_project_page_in_english(stack, used_project):
+    browser = stack.sign_in("counter")
+    url = stack.url(f"/services/quota/projects/{used_project}")
+    html = in_english(browser, "GET", url).text
+    assert '<html lang="en">' in html
+    assert "No server runs: at the 1-day average of 0.250 points per hour," in html
+    assert re.search(r'aria-current="true">\s*<td>1 \(this week\)', html)
+    assert '<title id="burn-down-title">Points burn-down</title>' in html
+    assert "本週" not in html and "點數消耗" not in html
+    # the switch was for that request: the next page is in Traditional Chinese again
+    assert '<html lang="zh-Hant-TW">' in browser.get(url, timeout=30).text
 
 
 def test_usage_csv_for_members_and_operators_only(stack, used_project):
@@ -139,7 +163,12 @@ def test_usage_csv_for_members_and_operators_only(stack, used_project):
     assert operator.get(stack.url(f"/services/quota/projects/{used_project}/usage.csv")).ok
     stranger = stack.sign_in("applicant")
     refused = stranger.get(stack.url(f"/services/quota/projects/{used_project}/usage.csv"))
-    assert refused.status_code == 403 and "not a member" in refused.text
+    assert refused.status_code == 403 and "你不是這個計畫的成員" in refused.text
+    assert "403 沒有權限" in refused.text and "not a member" not in refused.text
+    url = stack.url(f"/services/quota/projects/{used_project}/usage.csv")
+    english = in_english(stack.sign_in("applicant"), "GET", url)
+    assert english.status_code == 403 and "403 Not allowed" in english.text
+    assert "you are not a member of this project" in english.text and "成員" not in english.text
 
 
 # ---- the closing upload page -------------------------------------------------------------------
@@ -178,10 +207,11 @@ def test_a_bad_upload_is_refused_field_by_field_and_keeps_the_typed_link(stack, 
     )
     assert response.status_code == 400
     html = response.text
-    assert 'data-field="final_report">檔案內容不是有效的 PDF 檔 / the file&#39;s content' in html
-    assert 'data-field="video_url">影片連結必須以 http:// 或 https:// 開頭' in html
+    assert 'data-field="final_report">檔案內容不是有效的 PDF 檔</div>' in html
+    assert 'data-field="video_url">影片連結必須以 http:// 或 https:// 開頭</div>' in html
+    assert 'aria-describedby="video-help video_url-error" aria-invalid="true"' in html
     assert 'value="ftp://video.example.tw/demo.mp4"' in html
-    assert "並重新選擇檔案" in html
+    assert "請重新選擇檔案" in html
     assert files_under(stack) == []  # the valid slides were not kept either: all or nothing
 
 
@@ -194,7 +224,7 @@ def test_files_over_the_limit_get_a_message_and_bodies_over_the_server_limit_are
         stack, browser, project_id, files={"final_report": ("big.pdf", big, "application/pdf")}
     )
     assert response.status_code == 400
-    assert "檔案超過 1 MB 上限 / the file is over the 1 MB limit" in response.text
+    assert 'data-field="final_report">檔案超過 1 MB 上限</div>' in response.text
     # over the request-body limit (2 × 1 MiB + 1 MiB) the service's HTTP server stops
     # reading and drops the connection before any handler runs; the proxy answers for it
     token = xsrf(browser.get(stack.url(f"/services/quota/projects/{project_id}/closing")).text)
@@ -235,7 +265,11 @@ def test_a_valid_upload_is_stored_outside_the_database_and_can_be_downloaded(
     page = browser.get(stack.url(response.headers["Location"]), timeout=30).text
     assert 'id="received"' in page
     assert ">結案報告.pdf</a>" in page and ">demo-slides.pptx</a>" in page
-    assert "齊全" in page and "complete, by uploader" in page
+    assert re.search(r"齊全，\d{4}-\d\d-\d\d \d\d:\d\d:\d\d 由 uploader 完成繳交", page)
+    english = in_english(browser, "GET", stack.url(response.headers["Location"])).text
+    assert 'id="received" role="status">Received.</div>' in english
+    assert re.search(r"Complete, by uploader at \d{4}-\d\d-\d\d \d\d:\d\d:\d\d", english)
+    assert '<th scope="row">Final report</th>' in english and "齊全" not in english
     stored = files_under(stack)
     assert sorted(p.name for p in stored) == sorted(["結案報告.pdf", "demo-slides.pptx"])
     assert all(
@@ -286,12 +320,18 @@ def test_dashboard_lists_projects_usage_and_overdue_reports(stack, quota_db, use
         project.status = ProjectStatus.CLOSED
     operator = stack.sign_in("operator")
     html = operator.get(stack.url("/services/quota/admin"), timeout=30).text
-    overdue = html.split('<table id="overdue">')[1].split("</table>")[0]
+    overdue = html.split('id="overdue">')[1].split("</table>")[0]
     assert f'<tr data-project="{ended}">' in overdue and "計畫 late" in overdue
+    assert "結案報告、簡報、展示影片連結" in overdue
     assert f'data-project="{used_project}"' not in overdue
-    projects = html.split('<table id="projects">')[1].split("</table>")[0]
+    projects = html.split('id="projects">')[1].split("</table>")[0]
     row = projects.split(f'<tr data-project="{used_project}">')[1].split("</tr>")[0]
-    assert "3.00 <small>(第 1 週 week 1)</small>" in row and "494.000" in row
+    assert "3.00 <small>(第 1 週)</small>" in row and "494.000" in row and "已核定" in row
+    english = in_english(operator, "GET", stack.url("/services/quota/admin")).text
+    assert "<h2>Overdue closing reports</h2>" in english
+    assert "final report, slides, demo video link" in english.split('id="overdue">')[1]
+    row = english.split(f'<tr data-project="{used_project}">')[1].split("</tr>")[0]
+    assert "3.00 <small>(week 1)</small>" in row and "Approved" in row
     # the forms the other tests use are still there
     assert 'action="/services/quota/admin/projects/1/grant"' in html
     assert 'action="/services/quota/admin/projects/1/suspend"' in html
@@ -306,14 +346,19 @@ def test_operator_adjusts_points_up_and_down_with_a_reason(stack, quota_db):
     token = xsrf(operator.get(admin).text)
     bad = operator.post(action, data={"_xsrf": token, "points": "-1.0005", "reason": " "})
     assert bad.status_code == 400
-    section = bad.text.split(f'<section id="project-{project_id}">')[1].split("</section>")[0]
-    assert (
-        'data-field="points">點數最多三位小數 / points have at most three decimal places' in section
-    )
-    assert 'data-field="reason">請填寫原因 / a reason is required' in section
+    section = bad.text.split(f'id="project-{project_id}"')[1].split("</section>")[0]
+    assert 'data-field="points">點數最多三位小數</div>' in section
+    assert 'data-field="reason">請填寫原因</div>' in section
     assert 'value="-1.0005"' in section
+    # next to the adjustment's fields, not the grant's
+    assert f'id="adjust-points-{project_id}-error"' in section
+    assert f'id="grant-points-{project_id}-error"' not in section
     zero = operator.post(action, data={"_xsrf": token, "points": "0", "reason": "x"})
-    assert zero.status_code == 400 and "an adjustment cannot be zero" in zero.text
+    assert zero.status_code == 400 and "調整點數不可為 0" in zero.text
+    english = in_english(operator, "POST", action, data={"_xsrf": token, "points": "0"})
+    assert english.status_code == 400
+    assert 'data-field="points">an adjustment cannot be zero</div>' in english.text
+    assert 'data-field="reason">a reason is required</div>' in english.text
     done = operator.post(
         action,
         data={"_xsrf": token, "points": "-2.5", "reason": "重複核發 / double grant"},
@@ -337,7 +382,7 @@ def test_operator_adjusts_points_up_and_down_with_a_reason(stack, quota_db):
     trainee = stack.sign_in("trainee")
     own_form = trainee.get(stack.url("/services/quota/projects/1/closing")).text
     refused = trainee.post(action, data={"_xsrf": xsrf(own_form), "points": "5", "reason": "x"})
-    assert refused.status_code == 403 and "operators only" in refused.text
+    assert refused.status_code == 403 and "只有營運管理員可以使用" in refused.text
     assert quota_db.balance(project_id) == 7_501
 
 
@@ -357,7 +402,7 @@ def test_trainee_uploads_closing_documents_in_the_browser(stack, chromium, tmp_p
     )
     page.locator("#video_url").fill("ftp://video.example.tw/demo.mp4")
     page.locator("#closing-form button").click()
-    expect(page.locator('[data-field="final_report"]')).to_contain_text("not a valid PDF")
+    expect(page.locator('[data-field="final_report"]')).to_have_text("檔案內容不是有效的 PDF 檔")
     expect(page.locator('[data-field="video_url"]')).to_contain_text("http:// 或 https://")
     expect(page.locator("#video_url")).to_have_value("ftp://video.example.tw/demo.mp4")
     # valid
@@ -374,6 +419,6 @@ def test_trainee_uploads_closing_documents_in_the_browser(stack, chromium, tmp_p
     expect(page.locator("#submitted-final-report")).to_have_text("final-report.pdf")
     expect(page.locator("#submitted-slides")).to_have_text("slides.odp")
     expect(page.locator("#submitted-video")).to_have_text("https://www.youtube.com/watch?v=demo")
-    expect(page.locator("#closing-status")).to_contain_text("complete, by trainee")
+    expect(page.locator("#closing-status")).to_contain_text("由 trainee 完成繳交")
     page.screenshot(path=str(tmp_path / "closing.png"), full_page=True)
     page.close()

@@ -132,12 +132,18 @@ def test_people_outside_training_projects_sign_in_from_taiwan(stack, operator):
 def test_quota_service_pages_refuse_banned_regions(stack, quota_db, operator):
     browser, _ = operator
     ok = browser.get(stack.url("/services/quota/"), headers={"X-Forwarded-For": TW_V6}, timeout=30)
-    assert ok.status_code == 200 and "not a member of any project" in ok.text
+    assert ok.status_code == 200 and "你尚未加入任何計畫" in ok.text
     refused = browser.get(
         stack.url("/services/quota/admin"), headers={"X-Forwarded-For": MO_V6}, timeout=30
     )
     assert refused.status_code == 403
-    assert "澳門" in refused.text and "Macau" in refused.text
+    assert "澳門" in refused.text and "Macau" not in refused.text  # the page's language only
+    english = browser.get(
+        stack.url("/services/quota/admin?lang=en"), headers={"X-Forwarded-For": MO_V6}, timeout=30
+    )
+    del browser.cookies["aipower_lang"]
+    assert english.status_code == 403
+    assert "Macau" in english.text and "澳門" not in english.text
     event, detail = refusals(quota_db)[-1]
     assert (event.subject_id, detail["country"]) == ("operator", "MO")
     assert detail["attempt"] == "GET /services/quota/admin"

@@ -14,7 +14,7 @@ from decimal import Decimal
 import pytest
 from sqlalchemy import select
 
-from quota_service import ledger, reports, usage
+from quota_service import i18n, ledger, reports, usage
 from quota_service.models import (
     Account,
     Company,
@@ -297,7 +297,14 @@ def test_project_usage_weeks_breakdowns_and_daily_balances(db):
         f["runs_out_at"]
         == (now + timedelta(hours=493, minutes=30)).astimezone(usage.TAIPEI).isoformat()
     )
-    assert 'id="burn-down"' in view["chart"] and "forecast-line" in view["chart"]
+    # the page draws the chart in its language
+    translators = i18n.read_catalogues()
+    chart = view["chart"](translators["zh_TW"].gettext)
+    assert 'id="burn-down"' in chart and "forecast-line" in chart
+    assert '<desc id="burn-down-desc">每日結束時的餘額，最新 987.000 點</desc>' in chart
+    english = view["chart"](translators["en"].gettext)
+    assert "balance at the end of each day, latest 987.000 points" in english.lower()
+    assert ">today</text>" in english and "今天" not in english
 
 
 def test_average_forecast_reads_only_the_last_7_days_of_usage(db):
