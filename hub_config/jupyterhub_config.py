@@ -62,7 +62,7 @@ service_env = {
     "AIPOWER_QUOTA_DB_URL": env("AIPOWER_QUOTA_DB_URL", f"sqlite:///{state / 'quota.sqlite'}"),
     "AIPOWER_METERING_INTERVAL": env("AIPOWER_METERING_INTERVAL", "60"),
     "AIPOWER_HOMES_DIR": str(state / "homes"),
-    # uploaded closing reports and slides (outside the database)
+    # uploaded closing reports, slides and applications' supporting files (outside the database)
     "AIPOWER_FILES_DIR": env("AIPOWER_FILES_DIR", str(state / "files")),
     "PYTHONPATH": str(ROOT),
 }
@@ -78,6 +78,7 @@ for name in (
     "AIPOWER_NOTICE_INTERVAL",
     "AIPOWER_MAIL_FROM",
     "AIPOWER_CLOSING_MAX_MB",
+    "AIPOWER_APPLICATION_MAX_MB",
     "AIPOWER_QUOTA_COOKIE_SECRET",
 ):
     if env(name):

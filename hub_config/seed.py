@@ -1,12 +1,16 @@
-"""Demo data for the embedded default: four accounts, two companies, two projects."""
+"""Demo data for the embedded default: four accounts, two companies, two projects, a round
+of each category, and the applicant's submitted training application."""
 
 from __future__ import annotations
 
-from datetime import datetime
+import json
+from datetime import datetime, time, timedelta
+from pathlib import Path
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from quota_service import applications as apps
 from quota_service import audit, ledger
 from quota_service.models import (
     Account,
@@ -16,10 +20,14 @@ from quota_service.models import (
     Membership,
     Project,
     ProjectStatus,
+    Round,
 )
-from quota_service.timewindow import taipei, window_for_notice
+from quota_service.timewindow import TAIPEI, taipei, window_for_notice
 
 TIERS_POINTS = {"L1": 1000, "L2": 2000, "L3": 6000}
+# Attachment 1, consent, declarations and Attachment 2 as the applicant typed them
+DEMO_APPLICATION = Path(__file__).with_name("demo_application.json")
+DEMO_ROUND_DAYS = 60  # once the guideline's closing day has passed, the demo rounds run this long
 
 DEMO_ACCOUNTS = {
     "operator": ("營運管理員 Operator", "operator@aipower.example.tw"),
@@ -81,7 +89,36 @@ def seed_demo(db: Session, *, now: datetime, max_gpus_per_server: int = 2) -> bo
         now=now,
         kind=LedgerKind.GRANT,
     )
+    rounds = demo_rounds(db, accounts["operator"], now=now)
+    application = apps.create_draft(db, accounts["applicant"], rounds[Category.TRAINING], now=now)
+    documents = json.loads(DEMO_APPLICATION.read_text(encoding="utf-8"))
+    apps.save_draft(db, accounts["applicant"], application, now=now, **documents)
+    apps.submit(db, accounts["applicant"], application, now=now)
     audit.record(
         db, actor="seed", action="demo.seed", subject_type="database", subject_id="demo", at=now
     )
     return True
+
+
+def demo_rounds(db: Session, operator: Account, *, now: datetime) -> dict[str, Round]:
+    """A round of each category, open from today (Taipei) until the guideline's closing day,
+    or for ``DEMO_ROUND_DAYS`` days when that day has passed."""
+    today = taipei(now).date()
+    closing_day = apps.DEFAULT_CLOSING_DAY
+    if today > closing_day:
+        closing_day = today + timedelta(days=DEMO_ROUND_DAYS)
+    return {
+        category: apps.create_round(
+            db,
+            operator,
+            name=f"示範梯次 Demo round（{label}）",
+            category=category,
+            opens_at=datetime.combine(today, time(0), TAIPEI),
+            closes_at=apps.deadline_after(closing_day),
+            now=now,
+        )
+        for category, label in (
+            (Category.TRAINING, "模型訓練類"),
+            (Category.INFERENCE, "模型推論類"),
+        )
+    }

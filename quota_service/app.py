@@ -30,6 +30,7 @@ from traitlets.config import Application
 
 from . import (
     applications,
+    closing,
     gpu_idle,
     handlers,
     i18n,
@@ -299,10 +300,10 @@ class QuotaService(Application):
         return proposal.value
 
     files_dir = Unicode(
-        help="""Folder for uploaded files (closing reports and slides), kept outside the
-        database, e.g. /srv/aipower/state/files. Default: a ``files`` folder next to the
-        SQLite database; with PostgreSQL, in AIPOWER_STATE_DIR (else the working folder).
-        Env: AIPOWER_FILES_DIR.""",
+        help="""Folder for uploaded files (closing reports, slides, applications' supporting
+        files), kept outside the database, e.g. /srv/aipower/state/files. Default: a ``files``
+        folder next to the SQLite database; with PostgreSQL, in AIPOWER_STATE_DIR (else the
+        working folder). Env: AIPOWER_FILES_DIR.""",
     ).tag(config=True)
 
     @default("files_dir")
@@ -338,10 +339,46 @@ class QuotaService(Application):
         their content.""",
     ).tag(config=True)
 
+    application_max_file_mb = Integer(
+        help="""Largest supporting file of an application (the field-partner MOU, the product
+        material), in MB of 1,048,576 bytes, e.g. 20. Env: AIPOWER_APPLICATION_MAX_MB.""",
+    ).tag(config=True)
+
+    @default("application_max_file_mb")
+    def _default_application_max_file_mb(self):
+        return int(os.environ.get("AIPOWER_APPLICATION_MAX_MB", "20"))
+
+    @validate("application_max_file_mb")
+    def _check_application_max_file_mb(self, proposal):
+        if not 1 <= proposal.value <= 1024:
+            raise ValueError("application_max_file_mb must be between 1 and 1024")
+        return proposal.value
+
+    application_file_types = List(
+        Unicode(),
+        ["pdf", "docx", "pptx", "odt", "odp"],
+        help="""File types (extensions) accepted as an application's supporting files, e.g.
+        ["pdf", "pptx"]. Each file is checked by its content, so only types whose content the
+        service can check may be listed: pdf, docx, pptx, odt, odp.""",
+    ).tag(config=True)
+
+    @validate("application_file_types")
+    def _check_application_file_types(self, proposal):
+        types = [t.lower().lstrip(".") for t in proposal.value]
+        unchecked = sorted(set(types) - set(closing.SNIFF))
+        if unchecked or not types:
+            raise ValueError(
+                f"application_file_types: {unchecked or 'none'} cannot be checked by content; "
+                f"choose from {sorted(closing.SNIFF)}"
+            )
+        return types
+
     @property
     def max_body_size(self) -> int:
-        """The largest request body: two files of the largest size and the form fields."""
-        return (2 * self.closing_max_file_mb + 1) * 1024 * 1024
+        """The largest request body: two files of the largest size (a closing form or an
+        application form) and the form fields."""
+        largest = max(self.closing_max_file_mb, self.application_max_file_mb)
+        return (2 * largest + 1) * 1024 * 1024
 
     cookie_secret = Bytes(
         help="""Secret that signs the service's cookies (hex in the environment), kept across

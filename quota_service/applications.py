@@ -723,7 +723,10 @@ def request_supplement(
     return request
 
 
-def _allowed(path: str, fields: list[str]) -> bool:
+def may_supplement(path: str, fields: list[str]) -> bool:
+    """Whether a supplement request listing ``fields`` lets ``path`` change: the field
+    itself, or a part that contains it (``proposal.dataset`` lets
+    ``proposal.dataset.image_count`` change)."""
     return any(path == f or path.startswith(f + ".") for f in fields)
 
 
@@ -743,7 +746,7 @@ def supplement(
     require_owner(actor, application)
     request = _open_request(db, application, now)
     fields = json.loads(request.fields)
-    refused = [p for p in changes if not _allowed(p, fields)]
+    refused = [p for p in changes if not may_supplement(p, fields)]
     if refused:
         raise PermissionDenied(
             f"補件只能修改要求的欄位，不能修改：{', '.join(refused)}",

@@ -16,7 +16,6 @@ the row that no longer names them is committed.
 from __future__ import annotations
 
 import io
-import logging
 import re
 import unicodedata
 import uuid
@@ -33,10 +32,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from . import audit, ledger
 from .db import transaction
 from .models import ClosingReport, Project
-from .storage import FileStore
+from .storage import FileStore, StagedFiles
 from .timewindow import TAIPEI, taipei
-
-log = logging.getLogger(__name__)
 
 DUE_AFTER_DAYS = 30
 REMINDER_DAYS = (14, 7, 1)
@@ -304,12 +301,10 @@ def submit(
     """Write the files, then record them in one transaction; all or nothing. Returns the
     report as committed. ``submission`` must have been checked."""
     written: dict[str, str] = {}
-    replaced: list[str] = []
-    try:
+    with StagedFiles(store) as staged:
         for part, upload in submission.files.items():
             key = f"closing/{project_id}/{uuid.uuid4().hex}/{safe_filename(upload.filename)}"
-            store.save(key, upload.body)
-            written[part] = key
+            written[part] = staged.save(key, upload.body)
         with transaction(factory) as db:
             project = ledger.lock_project(db, project_id)  # one submission at a time
             report = report_of(db, project.id)
@@ -320,7 +315,7 @@ def submit(
             for part, key in written.items():
                 column = FILE_FIELDS[part]
                 if getattr(report, column):
-                    replaced.append(getattr(report, column))
+                    staged.replace(getattr(report, column))
                 setattr(report, column, key)
             if submission.video_url:
                 report.video_url = submission.video_url
@@ -339,18 +334,6 @@ def submit(
                 complete=is_complete(report),
             )
             db.flush()
-    except BaseException:
-        for key in written.values():
-            try:
-                store.delete(key)
-            except OSError:
-                log.exception("could not remove %s after a failed submission", key)
-        raise
-    for key in replaced:
-        try:
-            store.delete(key)
-        except (OSError, ValueError):
-            log.warning("could not remove the replaced file %s", key, exc_info=True)
     return report
 
 

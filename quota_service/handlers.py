@@ -519,24 +519,27 @@ class SessionCloseAPI(InternalAPIHandler):
 
 
 def routes() -> list[tuple[str, type]]:
-    from . import application_api, project_pages, violation_pages  # built on the handlers above
-
-    return (
-        project_pages.routes()
-        + violation_pages.routes()
-        + [
-            (r"", OverviewPage),
-            (r"projects/(\d+)", ProjectPage),
-            (r"admin", AdminPage),
-            (r"admin/projects/(\d+)/(suspend|resume|grant)", AdminProjectAction),
-            (r"api/v1/projects", ProjectsAPI),
-            (r"api/v1/openapi.yaml", OpenAPISpec),
-            (r"api/v1/internal/access/([^/]+)", AccessAPI),
-            (r"api/v1/internal/sessions", SessionsAPI),
-            (r"api/v1/internal/sessions/(\d+)/close", SessionCloseAPI),
-            (r"api/v1/internal/refusals", RefusalsAPI),
-            (r"api/v1/network-refusals", NetworkRefusalsAPI),
-            (r"metrics", MetricsHandler),
-            *application_api.routes(),
-        ]
+    from . import (  # they build on the handlers above
+        application_api,
+        application_pages,
+        project_pages,
+        violation_pages,
     )
+
+    return project_pages.routes() + [
+        *application_pages.routes(),
+        *violation_pages.routes(),
+        (r"", OverviewPage),
+        (r"projects/(\d+)", ProjectPage),
+        (r"admin", AdminPage),
+        (r"admin/projects/(\d+)/(suspend|resume|grant)", AdminProjectAction),
+        (r"api/v1/projects", ProjectsAPI),
+        (r"api/v1/openapi.yaml", OpenAPISpec),
+        (r"api/v1/internal/access/([^/]+)", AccessAPI),
+        (r"api/v1/internal/sessions", SessionsAPI),
+        (r"api/v1/internal/sessions/(\d+)/close", SessionCloseAPI),
+        (r"api/v1/internal/refusals", RefusalsAPI),
+        (r"api/v1/network-refusals", NetworkRefusalsAPI),
+        (r"metrics", MetricsHandler),
+        *application_api.routes(),
+    ]

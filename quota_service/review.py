@@ -61,6 +61,8 @@ BONUS_ITEMS: dict[str, dict[str, str]] = {
         "registrations": "registrations",
     },
 }
+# an uploaded file stands for the link of the same item (the MOU: a link or the file)
+UPLOADED_INSTEAD = {"mou_link": "mou_file"}
 TIERS = ("L1", "L2", "L3")
 # mail providers whose domain says nothing about where a person works
 PUBLIC_MAIL_DOMAINS = frozenset(
@@ -307,8 +309,12 @@ def bonus_items(application: Application) -> list[str]:
     bonus = apps.documents(application)["proposal"].get("bonus") or {}
     found = []
     for item, key in BONUS_ITEMS[Category(application.category)].items():
-        value = bonus.get(key)
-        if (isinstance(value, list) and value) or (isinstance(value, str) and value.strip()):
+        value, uploaded = bonus.get(key), bonus.get(UPLOADED_INSTEAD.get(key, ""))
+        if (
+            (isinstance(value, list) and value)
+            or (isinstance(value, str) and value.strip())
+            or (isinstance(uploaded, dict) and uploaded)
+        ):
             found.append(item)
     return found
 

@@ -7,10 +7,13 @@ default (a folder); another store (e.g. an object store) only needs the same fou
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from pathlib import Path
 from typing import Protocol
+
+log = logging.getLogger(__name__)
 
 
 class FileStore(Protocol):
@@ -74,3 +77,40 @@ class LocalFileStore:
 
     def exists(self, key: str) -> bool:
         return self.path(key).is_file()
+
+
+class StagedFiles:
+    """Files written before the transaction that records them, all or nothing: leaving the
+    ``with`` block by an exception removes the files written in it (no committed row names
+    them); leaving it normally removes the files marked replaced, which the committed rows
+    no longer name. Removal failures are logged, never raised over the outcome."""
+
+    def __init__(self, store: FileStore):
+        self.store = store
+        self.written: list[str] = []
+        self.replaced: list[str] = []
+
+    def save(self, key: str, data: bytes) -> str:
+        self.store.save(key, data)
+        self.written.append(key)
+        return key
+
+    def replace(self, key: str) -> None:
+        """``key`` is to be removed once the transaction that stops naming it has committed."""
+        self.replaced.append(key)
+
+    def __enter__(self) -> StagedFiles:
+        return self
+
+    def __exit__(self, kind, error, traceback) -> None:
+        failed = kind is not None
+        for key in self.written if failed else self.replaced:
+            try:
+                self.store.delete(key)
+            except (OSError, ValueError):
+                log.warning(
+                    "could not remove %s %s",
+                    "the file just written," if failed else "the replaced file",
+                    key,
+                    exc_info=True,
+                )

@@ -105,6 +105,16 @@ def test_the_bonus_items_are_read_from_the_application(db, world):
         proposal=proposal,
     )
     assert review.bonus_items(inference) == ["field_partner_mou"]
+    # an uploaded MOU (its record in the proposal, no link) counts the same
+    proposal["bonus"] = {
+        "mou_file": {"key": "applications/2/f00d/mou.pdf", "name": "mou.pdf", "size": 9},
+        "mou_link": " ",
+    }
+    inference.proposal = json.dumps(proposal)
+    assert review.bonus_items(inference) == ["field_partner_mou"]
+    proposal["bonus"] = {"mou_file": {}, "mou_link": ""}
+    inference.proposal = json.dumps(proposal)
+    assert review.bonus_items(inference) == []
 
 
 def scored(db, world, application, sheets, settings=None):
