@@ -136,7 +136,7 @@ def test_a_suspension_stops_the_running_server_and_refuses_starts_until_it_is_li
         data={"_xsrf": service_xsrf(admin), "reason": "恢復"},
         timeout=30,
     )
-    assert resumed.status_code == 400 and "lift it in the violations register" in resumed.text
+    assert resumed.status_code == 400 and "請在違規紀錄解除" in resumed.text
     assert quota_db.project_status(project_id) == "suspended"
 
     lifted = ops.post(
