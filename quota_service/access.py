@@ -53,6 +53,11 @@ CLOSED = Refusal(
     "你的計畫已結束。",
     "Your project has ended.",
 )
+TERMINATED = Refusal(
+    "project-terminated",
+    "你的計畫因違反平台使用規範，已被營運單位終止算力服務。",
+    "Your project's service was terminated by the operator for violating the rules of use.",
+)
 WINDOW_NOT_OPEN = Refusal(
     "window-not-open",
     "你的計畫使用期間尚未開始。",
@@ -69,6 +74,7 @@ _STATUS_REFUSALS = {
     ProjectStatus.REJECTED: REJECTED,
     ProjectStatus.SUSPENDED: SUSPENDED,
     ProjectStatus.CLOSED: CLOSED,
+    ProjectStatus.TERMINATED: TERMINATED,
 }
 
 

@@ -15,6 +15,7 @@ import os
 import signal
 from datetime import timedelta
 from decimal import Decimal, InvalidOperation
+from fractions import Fraction
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -24,7 +25,7 @@ from jupyterhub.utils import url_path_join
 from tornado.httpserver import HTTPServer
 from tornado.ioloop import PeriodicCallback
 from tornado.web import Application as WebApplication
-from traitlets import Bool, Bytes, Dict, Integer, List, Unicode, default, validate
+from traitlets import Bool, Bytes, Dict, Enum, Integer, List, Unicode, default, validate
 from traitlets.config import Application
 
 from . import (
@@ -33,6 +34,7 @@ from . import (
     gpu_idle,
     handlers,
     i18n,
+    idle_rule,
     lifecycle,
     metering,
     model_scans,
@@ -132,6 +134,67 @@ class QuotaService(Application):
         [14, 7, 1],
         help="Remind this many days before the window ends, e.g. [14, 7, 1].",
     ).tag(config=True)
+
+    idle_counting = Enum(
+        [idle_rule.CUMULATIVE, idle_rule.CONSECUTIVE],
+        idle_rule.CUMULATIVE,
+        help="""How the idle-allocation rule counts a project's unused weeks, e.g.
+        "cumulative" (every unused week of the window so far; the default) or "consecutive"
+        (the current run of unused weeks). See docs/rules-of-use.md.""",
+    ).tag(config=True)
+
+    idle_min_gpu_minutes = Integer(
+        0,
+        help="""GPU-minutes of metered use that make a week "used" for the idle-allocation
+        rule, e.g. 60 (one GPU-hour); 0, the default: any use at all.""",
+    ).tag(config=True)
+
+    @validate("idle_min_gpu_minutes")
+    def _check_idle_min_gpu_minutes(self, proposal):
+        if not 0 <= proposal.value <= 7 * 24 * 60:
+            raise ValueError("idle_min_gpu_minutes must be between 0 and 10080 (a GPU-week)")
+        return proposal.value
+
+    idle_nudges = List(
+        Unicode(),
+        ["1/4", "3/8"],
+        help="""Reminders before the idle-allocation notice, as fractions of the window's
+        weeks unused, e.g. ["1/4", "3/8"] (4 and 5 unused weeks of 13); [] for none. Each at
+        most 1/2 (the notice itself comes at more than half).""",
+    ).tag(config=True)
+
+    @validate("idle_nudges")
+    def _check_idle_nudges(self, proposal):
+        for text in proposal.value:
+            try:
+                level = Fraction(text)
+            except (ValueError, ZeroDivisionError):
+                raise ValueError(f"idle_nudges: {text!r} is not a fraction like 1/4") from None
+            if not 0 < level <= Fraction(1, 2):
+                raise ValueError(f"idle_nudges: {text} is not between 0 and 1/2")
+        return proposal.value
+
+    idle_grace_days = Integer(
+        3,
+        help="""Calendar days, counted from the day after the idle-allocation notice (Asia/
+        Taipei), by whose end use must resume, e.g. 3 (the rules of use): a notice on day D
+        leaves until D+3 23:59:59.""",
+    ).tag(config=True)
+
+    @validate("idle_grace_days")
+    def _check_idle_grace_days(self, proposal):
+        if not 1 <= proposal.value <= 30:
+            raise ValueError("idle_grace_days must be between 1 and 30")
+        return proposal.value
+
+    @property
+    def idle_reading(self) -> idle_rule.Reading:
+        return idle_rule.Reading(
+            counting=self.idle_counting,
+            min_gpu_minutes=self.idle_min_gpu_minutes,
+            nudges=tuple(Fraction(n) for n in self.idle_nudges),
+            grace_days=self.idle_grace_days,
+        )
 
     smtp_host = Unicode(
         help="""SMTP server for notices, e.g. smtp.example.gov.tw; empty: notices wait in
@@ -666,8 +729,11 @@ class QuotaService(Application):
             self.log.exception("metering pass failed; the next pass catches up")
 
     async def notify_once(self) -> int:
-        """Decide due notices, then deliver pending ones (SMTP runs in a worker thread)."""
+        """Decide due notices (the idle-allocation rule's too, which may record a violation),
+        then deliver pending ones (SMTP runs in a worker thread)."""
         now = utcnow()
+        with database.transaction(self.session_factory) as db:
+            idle_rule.run(db, now=now, reading=self.idle_reading)
         with database.transaction(self.session_factory) as db:
             notifications.plan(
                 db,

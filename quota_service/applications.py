@@ -18,7 +18,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from . import audit, validation
+from . import audit, validation, violations
 from .models import (
     Account,
     Application,
@@ -101,6 +101,10 @@ class TransitionNotAllowed(ApplicationError):
 
 class DeadlinePassed(ApplicationError):
     pass
+
+
+class Barred(PermissionDenied):
+    """The company is barred from this round (a sanction of the rules of use)."""
 
 
 class ValidationFailed(ApplicationError):
@@ -388,7 +392,20 @@ def save_draft(
     _store(application, docs)
     application.updated_at = now
     _claim_place(db, application)
-    return _validate(application, docs, now)
+    errors = _validate(application, docs, now)
+    bar = _bar(db, application, now)
+    if bar is not None:
+        errors["company.business_number"] = validation.message(*violations.bar_message(bar))
+    return errors
+
+
+def _bar(db: Session, application: Application, now: datetime):
+    """The sanction that bars the company from the application's round, if one does; met
+    here first when a draft names the company, so the applicant learns it before submitting."""
+    if application.open_key is None:
+        return None
+    round_ = db.get(Round, application.round_id)
+    return violations.bar_for_round(db, application.open_key, round_, application, now=now)
 
 
 def submit(db: Session, actor: Account, application: Application, *, now: datetime) -> None:
@@ -400,6 +417,9 @@ def submit(db: Session, actor: Account, application: Application, *, now: dateti
             "申請案已送出，不能重複送出", "the application was already submitted"
         )
     _require_accepting(db.get(Round, application.round_id), now)
+    bar = _bar(db, application, now)
+    if bar is not None:
+        raise Barred(*violations.bar_message(bar))
     docs = documents(application)
     errors = _validate(application, docs, now)
     if errors:

@@ -13,7 +13,18 @@ from tornado import web
 
 from spawner.points import points_to_millipoints
 
-from . import access, audit, i18n, ledger, metering, network, notifications, projects, reports
+from . import (
+    access,
+    audit,
+    i18n,
+    ledger,
+    metering,
+    network,
+    notifications,
+    projects,
+    reports,
+    sanctions,
+)
 from . import db as database
 from .metering import ServerRequest, SessionRefused
 from .models import Account, Project, ProjectStatus, UsageSession
@@ -295,6 +306,12 @@ class AdminProjectAction(AdminPage):
                             if action == "suspend"
                             else ProjectStatus.APPROVED
                         )
+                        holding = sanctions.active_suspension(db, project.id)
+                        if target == ProjectStatus.APPROVED and holding is not None:
+                            raise projects.TransitionNotAllowed(
+                                f"計畫因違規處分 #{holding.id} 停權，請在違規紀錄解除 / suspended "
+                                f"by sanction #{holding.id}: lift it in the violations register"
+                            )
                         projects.change_status(
                             db, project, target, actor=self.username, reason=reason, now=now
                         )
@@ -507,10 +524,12 @@ def routes() -> list[tuple[str, type]]:
         application_pages,
         project_pages,
         review_pages,
+        violation_pages,
     )
 
     return project_pages.routes() + [
         *application_pages.routes(),
+        *violation_pages.routes(),
         (r"", OverviewPage),
         (r"projects/(\d+)", ProjectPage),
         (r"admin", AdminPage),

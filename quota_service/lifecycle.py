@@ -91,8 +91,7 @@ def purge_closed_projects(
     db: Session, purger: StoragePurger, *, now: datetime, grace: timedelta = timedelta(0)
 ) -> list[Purge]:
     """Clear the storage of closed projects once ``grace`` has passed after the window,
-    no server of theirs is still metered, and it was not done already. A member who is
-    also in a project that is still open keeps their storage (recorded as kept)."""
+    no server of theirs is still metered, and it was not done already."""
     already = select(Purge.project_id)
     still_running = select(UsageSession.project_id).where(UsageSession.stopped_at.is_(None))
     due = db.scalars(
@@ -105,35 +104,54 @@ def purge_closed_projects(
         )
         .order_by(Project.id)
     ).all()
-    records = []
-    for project in due:
-        deleted: list[dict] = []
-        for username in members_of(db, project.id):
-            if in_open_project(db, username, exclude=project.id):
-                deleted.append({"path": f"(kept) {username}", "files": 0, "bytes": 0})
-                continue
-            deleted += [d.__dict__ for d in purger.purge(username)]
-        record = Purge(
-            project_id=project.id,
-            at=now,
-            actor="lifecycle",
-            deleted=json.dumps(deleted, ensure_ascii=False),
-            bytes_deleted=sum(d["bytes"] for d in deleted),
-        )
-        db.add(record)
-        audit.record(
-            db,
-            actor="lifecycle",
-            action="project.purge",
-            subject_type="project",
-            subject_id=project.id,
-            at=now,
-            deleted=deleted,
-        )
-        log.info("purged project %s: %s", project.id, deleted)
-        records.append(record)
+    records = [purge_project(db, purger, project, actor="lifecycle", now=now) for project in due]
     db.flush()
     return records
+
+
+def purge_project(
+    db: Session, purger: StoragePurger, project: Project, *, actor: str, now: datetime
+) -> Purge:
+    """Clear the storage of every member of ``project`` and record what was deleted (the end
+    of the window, or a confirmed termination). A member who is also in a project that is
+    still open keeps their storage (recorded as kept)."""
+    deleted: list[dict] = []
+    for username in members_of(db, project.id):
+        if in_open_project(db, username, exclude=project.id):
+            deleted.append({"path": f"(kept) {username}", "files": 0, "bytes": 0})
+            continue
+        deleted += [d.__dict__ for d in purger.purge(username)]
+    record = Purge(
+        project_id=project.id,
+        at=now,
+        actor=actor,
+        deleted=json.dumps(deleted, ensure_ascii=False),
+        bytes_deleted=sum(d["bytes"] for d in deleted),
+    )
+    db.add(record)
+    audit.record(
+        db,
+        actor=actor,
+        action="project.purge",
+        subject_type="project",
+        subject_id=project.id,
+        at=now,
+        deleted=deleted,
+    )
+    log.info("purged project %s: %s", project.id, deleted)
+    return record
+
+
+def still_metered(db: Session, project_id: int) -> bool:
+    """Whether a server of the project is still metered (its storage is still in use)."""
+    return (
+        db.scalar(
+            select(UsageSession.id)
+            .where(UsageSession.project_id == project_id, UsageSession.stopped_at.is_(None))
+            .limit(1)
+        )
+        is not None
+    )
 
 
 def members_of(db: Session, project_id: int) -> list[str]:

@@ -117,6 +117,7 @@ def scan_due(
 
 @dataclass(frozen=True)
 class LatestScan:
+    event_id: int
     username: str
     at: datetime
     detail: dict
@@ -139,5 +140,5 @@ def latest_scans(db: Session) -> list[LatestScan]:
         .subquery()
     )
     events = db.scalars(select(AuditEvent).join(newest, AuditEvent.id == newest.c.id)).all()
-    scans = [LatestScan(e.subject_id, e.at, json.loads(e.detail)) for e in events]
+    scans = [LatestScan(e.id, e.subject_id, e.at, json.loads(e.detail)) for e in events]
     return sorted(scans, key=lambda s: (not s.flagged, s.username))

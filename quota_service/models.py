@@ -46,6 +46,7 @@ class ProjectStatus(enum.StrEnum):
     REJECTED = "rejected"
     SUSPENDED = "suspended"
     CLOSED = "closed"
+    TERMINATED = "terminated"  # a sanction ended the service before the window did
 
 
 class Category(enum.StrEnum):
@@ -402,3 +403,105 @@ class ApiKey(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     revoked_by: Mapped[str] = mapped_column(String(255), default="")
+
+
+# ---- rules of use: the violations register and sanctions (issue 6) ---------------------------
+
+
+class ViolationKind(enum.StrEnum):
+    """The rules of use (柒、二、(一)), one kind per item, and anything else."""
+
+    PROHIBITED_USE = "prohibited_use"  # 1. mining, peer-to-peer sharing, for-profit use
+    BANNED_REGION = "banned_region"  # 2. connections from mainland China, Hong Kong, Macau
+    INFRINGEMENT = "infringement"  # 3. infringing the agency's or others' rights
+    UNLAWFUL = "unlawful"  # 4. against the law or public order
+    BANNED_MODEL = "banned_model"  # 5. models or tools from Chinese or Chinese-funded makers
+    IDLE_ALLOCATION = "idle_allocation"  # 6. more than half the weeks unused, no use after notice
+    OBLIGATIONS = "obligations"  # 7. the user obligations
+    OTHER = "other"
+
+
+class ViolationStatus(enum.StrEnum):
+    RECORDED = "recorded"
+    APPEALED = "appealed"  # the company contests it; the operator decides
+    UPHELD = "upheld"
+    WITHDRAWN = "withdrawn"
+
+
+class Violation(Base):
+    """One violation of the rules of use, counted against the company, found in a project."""
+
+    __tablename__ = "violations"
+    __table_args__ = (
+        # what an automatic rule found is recorded once: (idle_allocation, "project-7")
+        UniqueConstraint("kind", "source_key", name="uq_violation_source"),
+    )
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    company_id: Mapped[int] = mapped_column(ForeignKey("companies.id"), index=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(30))
+    status: Mapped[str] = mapped_column(String(20), default=ViolationStatus.RECORDED)
+    summary: Mapped[str] = mapped_column(Text)
+    evidence: Mapped[str] = mapped_column(Text, default="{}")  # JSON
+    source_key: Mapped[str | None] = mapped_column(String(80), nullable=True)
+    recorded_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    recorded_by: Mapped[str] = mapped_column(String(255))
+    decided_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    decided_by: Mapped[str] = mapped_column(String(255), default="")
+
+
+class ViolationEntryKind(enum.StrEnum):
+    NOTE = "note"  # the operator's
+    APPEAL = "appeal"  # the company's
+    STATUS = "status"  # a change of status, with its reason
+
+
+class ViolationEntry(Base):
+    """A violation's history: notes, the appeal, decisions (the audit trail has them too)."""
+
+    __tablename__ = "violation_entries"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    violation_id: Mapped[int] = mapped_column(ForeignKey("violations.id"), index=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime())
+    actor: Mapped[str] = mapped_column(String(255))
+    kind: Mapped[str] = mapped_column(String(20))
+    text: Mapped[str] = mapped_column(Text, default="")
+    internal: Mapped[bool] = mapped_column(Boolean, default=False)  # operators only
+    old_status: Mapped[str] = mapped_column(String(20), default="")
+    new_status: Mapped[str] = mapped_column(String(20), default="")
+
+
+class SanctionKind(enum.StrEnum):
+    SUSPEND = "suspend"  # the project's service, until lifted
+    BAR_NEXT_ROUND = "bar_next_round"  # the company's next round, once
+    TERMINATE = "terminate"  # the project's service ends; storage purged after confirmation
+
+
+class SanctionStatus(enum.StrEnum):
+    ACTIVE = "active"
+    LIFTED = "lifted"  # suspension or bar taken back
+    USED = "used"  # the bar was applied to a round
+    COMPLETED = "completed"  # termination: the purge was confirmed and done
+
+
+class Sanction(Base):
+    __tablename__ = "sanctions"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    violation_id: Mapped[int] = mapped_column(ForeignKey("violations.id"), index=True)
+    company_id: Mapped[int] = mapped_column(ForeignKey("companies.id"), index=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(20))
+    status: Mapped[str] = mapped_column(String(20), default=SanctionStatus.ACTIVE)
+    reason: Mapped[str] = mapped_column(Text)
+    # termination with fewer than two violations: why it is urgent (empty otherwise)
+    urgent_reason: Mapped[str] = mapped_column(Text, default="")
+    imposed_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    imposed_by: Mapped[str] = mapped_column(String(255))
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    ended_by: Mapped[str] = mapped_column(String(255), default="")
+    end_reason: Mapped[str] = mapped_column(Text, default="")
+    # the bar: the round it was applied to, and the application that met it first
+    round_id: Mapped[int | None] = mapped_column(ForeignKey("rounds.id"), nullable=True)
+    application_id: Mapped[int | None] = mapped_column(ForeignKey("applications.id"), nullable=True)
+    # termination: the record of what the confirmed purge deleted
+    purge_id: Mapped[int | None] = mapped_column(ForeignKey("purges.id"), nullable=True)

@@ -243,7 +243,7 @@ def trusted_refusal(
 
 # statuses of a project whose members hold accounts (the award came): before it, an
 # applicant signs in only to see how the application stands
-_AWARDED = {"approved", "suspended", "closed"}
+_AWARDED = {"approved", "suspended", "closed", "terminated"}
 
 
 def trusted_networks_apply(access: dict | None) -> bool:

@@ -264,6 +264,42 @@ def _report_due(project: Project, report: ClosingReport | None, now: datetime) -
     return planned
 
 
+def enqueue(
+    db: Session,
+    project_id: int,
+    kind: str,
+    key: str,
+    *,
+    recipients: list[str],
+    subject: str,
+    body: str,
+    now: datetime,
+    status: NoticeStatus = NoticeStatus.PENDING,
+) -> Notice | None:
+    """One notice about a project into the outbox, unless (project, kind, key) is there
+    already; the subject gets the platform's prefix."""
+    exists = db.scalar(
+        select(Notice.id).where(
+            Notice.project_id == project_id, Notice.kind == kind, Notice.key == key
+        )
+    )
+    if exists is not None:
+        return None
+    notice = Notice(
+        project_id=project_id,
+        kind=kind,
+        key=key,
+        status=status,
+        recipients=",".join(recipients),
+        subject=f"{SUBJECT_PREFIX} {subject}",
+        body=body,
+        created_at=now,
+    )
+    db.add(notice)
+    db.flush()
+    return notice
+
+
 def recipients_of(db: Session, project_id: int) -> list[str]:
     """The project lead and contact person; every member when the project names neither."""
     rows = db.execute(
@@ -274,6 +310,22 @@ def recipients_of(db: Session, project_id: int) -> list[str]:
     ).all()
     leads = [email for email, role in rows if role in ("lead", "contact")]
     return leads or [email for email, _ in rows]
+
+
+def contact_persons(db: Session, project_id: int) -> list[str]:
+    """The project's contact person (專案聯絡人), whom the rules of use say is notified;
+    the lead and contact, or every member, when the project names no contact."""
+    contacts = db.scalars(
+        select(Account.email)
+        .join(Membership)
+        .where(
+            Membership.project_id == project_id,
+            Membership.role == "contact",
+            Account.email != "",
+        )
+        .order_by(Account.id)
+    ).all()
+    return list(contacts) or recipients_of(db, project_id)
 
 
 class Mailer:

@@ -12,10 +12,11 @@ from .models import Project, ProjectStatus
 S = ProjectStatus
 ALLOWED_TRANSITIONS: dict[ProjectStatus, frozenset[ProjectStatus]] = {
     S.PENDING: frozenset({S.APPROVED, S.REJECTED}),
-    S.APPROVED: frozenset({S.SUSPENDED, S.CLOSED}),
-    S.SUSPENDED: frozenset({S.APPROVED, S.CLOSED}),
+    S.APPROVED: frozenset({S.SUSPENDED, S.CLOSED, S.TERMINATED}),
+    S.SUSPENDED: frozenset({S.APPROVED, S.CLOSED, S.TERMINATED}),
     S.REJECTED: frozenset(),
     S.CLOSED: frozenset(),
+    S.TERMINATED: frozenset(),
 }
 
 

@@ -73,6 +73,10 @@ class QuotaDB:
                 select(Membership.project_id).join(Account).where(Account.username == username)
             )
 
+    def project_status(self, project_id: int) -> str:
+        with self.factory() as db:
+            return db.get(Project, project_id).status
+
     def balance(self, project_id: int) -> int:
         with self.factory() as db:
             return ledger.balance(db, project_id)

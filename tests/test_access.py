@@ -83,6 +83,7 @@ def test_account_without_membership_is_not_a_member(db):
         (ProjectStatus.REJECTED, "application-rejected"),
         (ProjectStatus.SUSPENDED, "project-suspended"),
         (ProjectStatus.CLOSED, "project-closed"),
+        (ProjectStatus.TERMINATED, "project-terminated"),
     ],
 )
 def test_project_status_refusals(db, status, code):

@@ -163,3 +163,40 @@ def test_operator_reads_the_banned_model_scan_with_its_evidence(stack, chromium)
     expect(trainee.locator("h1")).to_contain_text("403")
     page.close()
     trainee.close()
+
+
+def test_the_scans_finding_becomes_a_violation_and_the_member_appeals_without_javascript(
+    stack, chromium
+):
+    page = chromium.new_page()
+    sign_in(page, stack, "operator")
+    page.goto(stack.url("/services/quota/admin"))
+    page.get_by_role("link", name="違規紀錄簿").click()
+    form = page.locator("form", has=page.locator('input[name="source"][value="scans"]'))
+    expect(form.locator("#scans")).to_contain_text("models/qwen2-7b/config.json")
+    form.get_by_role("checkbox").first.check()
+    form.get_by_label("違規情形").fill("   ")  # passes the browser's check, not the service's
+    form.get_by_role("button", name="登錄為違規").click()
+    form = page.locator("form", has=page.locator('input[name="source"][value="scans"]'))
+    expect(form.locator('[data-field="summary"]')).to_contain_text("請說明違規情形")
+    expect(form.get_by_role("checkbox").first).to_be_checked()  # what was ticked is kept
+    form.get_by_label("違規情形").fill("以 Qwen2 模型訓練 / training on Qwen2")
+    form.get_by_role("button", name="登錄為違規").click()
+    expect(page.locator("#status")).to_have_text("已登錄 · 計入公司累計")
+    expect(page.locator("#evidence")).to_contain_text("Qwen2ForCausalLM")
+    page.close()
+
+    # the member reads it in Chinese and appeals, without JavaScript
+    context = chromium.new_context(java_script_enabled=False)
+    trainee = context.new_page()
+    sign_in(trainee, stack, "trainee")
+    trainee.goto(stack.url("/services/quota/"))
+    trainee.get_by_role("navigation", name="平台").get_by_role("link", name="違規紀錄").click()
+    trainee.locator("#violations").get_by_role("link").first.click()
+    expect(trainee.locator("#evidence")).to_contain_text("qwen2-7b")
+    expect(trainee.locator("#sanction")).to_have_count(0)  # operators' forms are not there
+    trainee.get_by_label("公司對這筆違規的申訴理由").fill("那是評估用的基準模型 / a benchmark only")
+    trainee.get_by_role("button", name="提出申訴").click()
+    expect(trainee.locator("#status")).to_have_text("申訴中")
+    expect(trainee.locator("#history")).to_contain_text("那是評估用的基準模型")
+    context.close()

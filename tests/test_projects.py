@@ -50,8 +50,10 @@ def test_the_transition_table():
             (S.PENDING, S.REJECTED),
             (S.APPROVED, S.SUSPENDED),
             (S.APPROVED, S.CLOSED),
+            (S.APPROVED, S.TERMINATED),
             (S.SUSPENDED, S.APPROVED),
             (S.SUSPENDED, S.CLOSED),
+            (S.SUSPENDED, S.TERMINATED),
         ]
     )
     assert len(ALLOWED) + len(REFUSED) == len(S) ** 2
