@@ -36,13 +36,8 @@ def submitted_application(quota_db) -> dict[str, int]:
         return {"application": application.id} | {n: p.id for n, p in reviewers.items()}
 
 
-def test_operator_and_reviewer_take_an_application_from_qualification_to_award(
-    stack, chromium, quota_db, submitted_application, tmp_path
-):
-    app_id = submitted_application["application"]
-    operator = chromium.new_page()
-    sign_in(operator, stack, "operator")
-
+def qualify_and_assign(operator, stack, app_id: int, reviewer_ids: dict[str, int]) -> None:
+    """The operator, in the browser: every criterion passed, then three reviewers."""
     # qualification: from the admin page to the application, every criterion passed
     operator.goto(stack.url(QUOTA + "admin"))
     operator.get_by_role("link", name="申請案列表").click()
@@ -65,18 +60,14 @@ def test_operator_and_reviewer_take_an_application_from_qualification_to_award(
         "startup.example.tw"
     )
     for name in ("reviewer", "reviewer2", "reviewer3"):
-        operator.locator(f"#assign-{submitted_application[name]}").check()
+        operator.locator(f"#assign-{reviewer_ids[name]}").check()
     operator.get_by_role("button", name="指派", exact=True).click()
     expect(operator.locator("#done")).to_have_text("已指派審查委員。")
     expect(operator.locator("#assignments tbody tr")).to_have_count(3)
 
-    # the other two reviewers' sheets (the same form, through the domain): 76 and 106
-    with database.transaction(quota_db.factory) as db:
-        application = db.get(Application, app_id)
-        for name, score in (("reviewer2", 70), ("reviewer3", 100)):
-            person = db.get(Account, submitted_application[name])
-            test_review_pages.score(db, person, application, dict.fromkeys(TRAINING_SCORES, score))
 
+def score_without_javascript(chromium, stack, app_id: int) -> None:
+    """The reviewer "reviewer" scores the application in a browser without JavaScript."""
     # the reviewer, without JavaScript: a score of 101 comes back at its field, the rest kept
     context = chromium.new_context(java_script_enabled=False)
     reviewer = context.new_page()
@@ -98,8 +89,26 @@ def test_operator_and_reviewer_take_an_application_from_qualification_to_award(
     reviewer.locator("#score-importance").fill("80")
     reviewer.get_by_role("button", name="儲存並送出評分").click()
     expect(reviewer.locator("#total")).to_have_text("84.25")  # 78.25 + 3 bonus items × 2
-    reviewer.screenshot(path=str(tmp_path / "score-sheet.png"), full_page=True)
     context.close()
+
+
+def test_operator_and_reviewer_take_an_application_from_qualification_to_award(
+    stack, chromium, quota_db, submitted_application, tmp_path
+):
+    app_id = submitted_application["application"]
+    operator = chromium.new_page()
+    sign_in(operator, stack, "operator")
+
+    qualify_and_assign(operator, stack, app_id, submitted_application)
+
+    # the other two reviewers' sheets (the same form, through the domain): 76 and 106
+    with database.transaction(quota_db.factory) as db:
+        application = db.get(Application, app_id)
+        for name, score in (("reviewer2", 70), ("reviewer3", 100)):
+            person = db.get(Account, submitted_application[name])
+            test_review_pages.score(db, person, application, dict.fromkeys(TRAINING_SCORES, score))
+
+    score_without_javascript(chromium, stack, app_id)
 
     # the review meeting: the mean of 84.25, 76 and 106, the disagreement flagged; L3
     operator.goto(stack.url(QUOTA + f"admin/applications/{app_id}"))
