@@ -19,8 +19,7 @@ from sqlalchemy import select
 from quota_service import db as database
 from quota_service.models import Account, Application, Project
 from quota_service.timewindow import taipei, utcnow
-from tests import test_browser, test_review_pages
-from tests.platform import QuotaDB
+from tests import test_browser, test_project_pages, test_review_pages
 from tests.stack import Stack
 from tests.test_application_browser import fill_in
 from tests.test_application_pages import documents, flatten
@@ -30,6 +29,7 @@ from tests.test_review_browser import qualify_and_assign, score_without_javascri
 pytestmark = pytest.mark.e2e
 chromium = test_browser.chromium
 sign_in = test_browser.sign_in
+quota_db = test_project_pages.quota_db  # this module's stack's database
 QUOTA = "/services/quota/"
 FOUNDER_EMAIL = "lead@startup.example.tw"  # the sample application's project lead
 TRAINEE_EMAIL = "mei.chen@startup.example.tw"
@@ -40,13 +40,6 @@ def stack(tmp_path_factory):
     platform = Stack(tmp_path_factory.mktemp("flow-browser"), metering_interval=5).start()
     yield platform
     platform.stop()
-
-
-@pytest.fixture(scope="module")
-def quota_db(stack):
-    db = QuotaDB(f"sqlite:///{stack.state / 'quota.sqlite'}")
-    yield db
-    db.close()
 
 
 def vouch_for(stack: Stack, sub: str, email: str) -> None:
