@@ -267,8 +267,9 @@ class QuotaService(Application):
 
     model_scan_hours = Integer(
         24,
-        help="""Hours between scans of each project member's home folder for banned models
-        (under homes_dir), e.g. 24; 0 turns the scan off. Env: AIPOWER_MODEL_SCAN_HOURS.""",
+        help="""Hours between scans of each project member's home for banned models (their
+        folder under homes_dir, or on Kubernetes their volumes, see model_scan_image), e.g. 24;
+        0 turns the scan off. Env: AIPOWER_MODEL_SCAN_HOURS.""",
     ).tag(config=True)
 
     @default("model_scan_hours")
@@ -279,6 +280,67 @@ class QuotaService(Application):
     def _check_model_scan_hours(self, proposal):
         if proposal.value < 0:
             raise ValueError("model_scan_hours cannot be negative (0 turns the scan off)")
+        return proposal.value
+
+    model_scan_image = Unicode(
+        help="""On Kubernetes (volumes_namespace set): the image of the pods that scan each
+        person's volumes, one that has ``aipower-scan-models`` (the hub image), e.g.
+        "ghcr.io/aipower-hub/hub:0.1.0"; empty: no scan on Kubernetes. Env:
+        AIPOWER_MODEL_SCAN_IMAGE.""",
+    ).tag(config=True)
+
+    @default("model_scan_image")
+    def _default_model_scan_image(self):
+        return os.environ.get("AIPOWER_MODEL_SCAN_IMAGE", "")
+
+    model_scan_deadline = Integer(
+        1800,
+        help="""Seconds a scan pod may run (its activeDeadlineSeconds), e.g. 1800; a pod that
+        runs out is deleted and its person scanned again at the next housekeeping run.""",
+    ).tag(config=True)
+
+    @validate("model_scan_deadline")
+    def _check_model_scan_deadline(self, proposal):
+        if proposal.value < 60:
+            raise ValueError("model_scan_deadline is at least 60 seconds")
+        return proposal.value
+
+    model_scan_resources = Dict(
+        help="""Kubernetes resources of a scan pod, e.g. {"requests": {"cpu": "100m",
+        "memory": "128Mi"}, "limits": {"cpu": "1", "memory": "512Mi"}} (the default).""",
+    ).tag(config=True)
+
+    @default("model_scan_resources")
+    def _default_model_scan_resources(self):
+        return {
+            "requests": {"cpu": "100m", "memory": "128Mi"},
+            "limits": {"cpu": "1", "memory": "512Mi"},
+        }
+
+    @validate("model_scan_resources")
+    def _check_model_scan_resources(self, proposal):
+        if not proposal.value.get("limits"):
+            raise ValueError(
+                'model_scan_resources needs limits, e.g. {"limits": {"memory": "512Mi"}}'
+            )
+        return proposal.value
+
+    model_scan_uid = Integer(
+        1000,
+        help="""User id a scan pod runs as: the servers' (z2jh singleuser.uid), so that it
+        reads what their owners can, e.g. 1000; never 0.""",
+    ).tag(config=True)
+
+    model_scan_gid = Integer(
+        100,
+        help="""Group id a scan pod runs as: the servers' file group (z2jh singleuser.fsGid),
+        e.g. 100.""",
+    ).tag(config=True)
+
+    @validate("model_scan_uid")
+    def _check_model_scan_uid(self, proposal):
+        if proposal.value <= 0:
+            raise ValueError("scan pods never run as root: model_scan_uid must be above 0")
         return proposal.value
 
     purge_grace_days = Integer(
@@ -755,6 +817,31 @@ class QuotaService(Application):
             return lifecycle.LocalHomesPurger(Path(self.homes_dir))
         return None
 
+    def model_scanner(self) -> model_scans.Scanner | None:
+        """Scan pods for the people's volumes on Kubernetes, else their home folders here."""
+        if not self.model_scan_hours:
+            return None
+        rules = BannedModels.instance(parent=self)
+        if self.volumes_namespace:
+            if not self.model_scan_image:
+                self.log.warning("No model_scan_image: the people's volumes are not scanned")
+                return None
+            from spawner.kube import KubeScanPods, ScanPodSettings
+
+            settings = ScanPodSettings(
+                image=self.model_scan_image,
+                rules=list(rules.rules),
+                deadline=timedelta(seconds=self.model_scan_deadline),
+                resources=self.model_scan_resources,
+                uid=self.model_scan_uid,
+                gid=self.model_scan_gid,
+            )
+            pods = KubeScanPods(self.volumes_namespace, settings)
+            return model_scans.PodScans(pods, deadline=settings.deadline)
+        if self.homes_dir:
+            return model_scans.LocalHomes(Path(self.homes_dir), rules.compiled())
+        return None
+
     def housekeep_once(self) -> None:
         """Jobs of the calendar: close ended projects, withdraw applications whose supplement
         deadline passed, purge storage, expire old audit rows, scan homes for banned models."""
@@ -773,13 +860,10 @@ class QuotaService(Application):
             lifecycle.expire_audit_events(
                 db, now=now, keep=timedelta(days=self.audit_retention_days)
             )
-        if self.homes_dir and self.model_scan_hours:
-            model_scans.scan_due(
-                self.session_factory,
-                Path(self.homes_dir),
-                BannedModels.instance(parent=self).compiled(),
-                now=now,
-                every=timedelta(hours=self.model_scan_hours),
+        scanner = self.model_scanner()
+        if scanner is not None:
+            scanner.scan_due(
+                self.session_factory, now=now, every=timedelta(hours=self.model_scan_hours)
             )
 
     async def _notify_safely(self):

@@ -467,15 +467,22 @@ def main(argv: list[str] | None = None) -> int:
         "report. Exit status: 0 clean, 1 findings, 2 error.",
     )
     parser.add_argument("path", help="a project's storage, or any folder of models")
-    parser.add_argument(
+    given = parser.add_mutually_exclusive_group()
+    given.add_argument(
         "--rules", help="a JSON file with the list of rules (default: the built-in list)"
+    )
+    given.add_argument(
+        "--rules-json",
+        help="""the list of rules itself, e.g. '[{"name": "deepseek", "orgs": ["deepseek-ai"]}]'
+        (how the quota service gives a scan pod the operator's rules)""",
     )
     args = parser.parse_args(argv)
     if not Path(args.path).is_dir():
         print(json.dumps({"error": f"not a folder: {args.path}"}), file=sys.stderr)
         return 2
     try:
-        rules = load_rules(json.loads(Path(args.rules).read_text()) if args.rules else None)
+        text = Path(args.rules).read_text() if args.rules else args.rules_json
+        rules = load_rules(json.loads(text) if text else None)
     except (OSError, ValueError, re.error) as e:
         print(json.dumps({"error": f"rules: {e}"}), file=sys.stderr)
         return 2

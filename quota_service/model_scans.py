@@ -8,16 +8,23 @@ re-run of the job a no-op until the next scan is due (so a restart never rescans
 nothing is scanned twice in one period). A finding is a lead, not a verdict: the operator
 decides whether it is a violation.
 
-The walk of the folders runs outside any database transaction: scanning a large home takes
-seconds, a transaction held that long would hold up the metering pass.
+Where the homes are is a :class:`Scanner`: folders on this machine (:class:`LocalHomes`,
+walked in this process) or, on Kubernetes, each person's volume claims (:class:`PodScans`: a
+short-lived pod per person mounts them read-only and runs ``aipower-scan-models``; the
+Kubernetes calls are ``spawner.kube.KubeScanPods``). Either way the walk runs outside any
+database transaction: scanning a large home takes seconds, a transaction held that long would
+hold up the metering pass.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Protocol
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
@@ -26,6 +33,8 @@ from . import audit, banned_models
 from . import db as database
 from .models import Account, AuditEvent, Membership, Project, ProjectStatus
 from .timewindow import taipei
+
+log = logging.getLogger(__name__)
 
 SCANNED = "models.scanned"
 SCANNED_STATUSES = (ProjectStatus.APPROVED, ProjectStatus.SUSPENDED)
@@ -70,7 +79,9 @@ def due_for_scan(db: Session, *, now: datetime, every: timedelta) -> list[Due]:
     return due
 
 
-def record_scan(db: Session, person: Due, home: Path, report: dict, *, now: datetime) -> None:
+def record_scan(
+    db: Session, person: Due, home: str, report: dict, *, home_found: bool, now: datetime
+) -> None:
     audit.record(
         db,
         actor="system",
@@ -80,8 +91,8 @@ def record_scan(db: Session, person: Due, home: Path, report: dict, *, now: date
         at=now,
         project_ids=list(person.project_ids),
         companies=list(person.companies),
-        home=str(home),
-        home_found=home.is_dir(),
+        home=home,
+        home_found=home_found,
         model_folders=len(report.get("model_folders", [])),
         flagged_folders=report.get("flagged_folders", []),
         rules_matched=report.get("rules_matched", []),
@@ -90,29 +101,181 @@ def record_scan(db: Session, person: Due, home: Path, report: dict, *, now: date
     )
 
 
-def scan_due(
-    session_factory: sessionmaker,
-    homes_root: Path,
-    rules: list[banned_models.Rule],
-    *,
-    now: datetime,
-    every: timedelta,
-) -> list[str]:
-    """Scan every home that is due; the usernames scanned. A home that does not exist yet (a
-    member who never started a server) is recorded as scanned, with nothing in it."""
-    with database.transaction(session_factory) as db:
-        due = due_for_scan(db, now=now, every=every)
-    scanned = []
-    root = homes_root.resolve()
-    for person in due:
-        home = (root / person.username).resolve()
-        if root not in home.parents:  # a name that would leave the root is never walked
-            continue
-        report = banned_models.scan_models(home, rules) if home.is_dir() else {}
+class Scanner(Protocol):
+    """Where the homes are: folders on this machine (:class:`LocalHomes`) or volumes on
+    Kubernetes (:class:`PodScans`). One call per housekeeping run; the usernames recorded."""
+
+    def scan_due(
+        self, session_factory: sessionmaker, *, now: datetime, every: timedelta
+    ) -> list[str]: ...
+
+
+class LocalHomes:
+    """Homes as folders, ``root/<username>``, walked in this process."""
+
+    def __init__(self, root: Path, rules: list[banned_models.Rule]):
+        self.root = root
+        self.rules = rules
+
+    def scan_due(
+        self, session_factory: sessionmaker, *, now: datetime, every: timedelta
+    ) -> list[str]:
+        """Scan every home that is due. A home that does not exist yet (a member who never
+        started a server) is recorded as scanned, with nothing in it."""
         with database.transaction(session_factory) as db:
-            record_scan(db, person, home, report, now=now)
-        scanned.append(person.username)
-    return scanned
+            due = due_for_scan(db, now=now, every=every)
+        scanned = []
+        root = self.root.resolve()
+        for person in due:
+            home = (root / person.username).resolve()
+            if root not in home.parents:  # a name that would leave the root is never walked
+                continue
+            found = home.is_dir()
+            report = banned_models.scan_models(home, self.rules) if found else {}
+            with database.transaction(session_factory) as db:
+                record_scan(db, person, str(home), report, home_found=found, now=now)
+            scanned.append(person.username)
+        return scanned
+
+
+# ---- Kubernetes: each person's volumes scanned in a short-lived pod -----------------------
+
+# a pod that the scheduler never placed has no start time, so activeDeadlineSeconds never
+# ends it: given up this long after its deadline, counted from its creation
+SCHEDULING_GRACE = timedelta(minutes=15)
+# aipower-scan-models: 0 clean, 1 findings (both a report), 2 error
+REPORT_EXIT_CODES = (0, 1)
+
+
+@dataclass(frozen=True)
+class ScanPod:
+    """A scan pod as the cluster reports it."""
+
+    name: str
+    username: str
+    claims: tuple[str, ...]
+    created: datetime
+    finished: bool
+    exit_code: int | None  # the scan container's, once it ended
+    started: datetime | None  # when the scan container started
+    reason: str = ""  # why it ended, as Kubernetes says it (DeadlineExceeded, OOMKilled)
+
+
+class ScanPods(Protocol):
+    """The cluster side of the scan (``spawner.kube.KubeScanPods``)."""
+
+    namespace: str
+
+    def home_claim_names(self, username: str) -> list[str]: ...
+
+    def scan_pods(self) -> list[ScanPod]: ...
+
+    def create(self, username: str, claims: list[str]) -> bool:
+        """Start a scan of ``claims``; False when the person's scan pod exists already."""
+
+    def log(self, name: str) -> str | None:
+        """The scan container's log; None when it cannot be read."""
+
+    def delete(self, name: str) -> None: ...
+
+
+def parse_report(log: str) -> dict | None:
+    """The JSON report that ``aipower-scan-models`` printed, from its pod's log (stderr
+    lines before it are skipped); None when there is none."""
+    start = 0 if log.startswith("{") else log.find("\n{") + 1
+    if start == 0 and not log.startswith("{"):  # no line opens a JSON object
+        return None
+    try:
+        report, _ = json.JSONDecoder().raw_decode(log[start:])
+    except ValueError:
+        return None
+    if not isinstance(report, dict) or not isinstance(report.get("findings"), list):
+        return None
+    return report
+
+
+def volumes_home(namespace: str, claims: Iterable[str]) -> str:
+    names = ", ".join(f"pvc {namespace}/{claim}" for claim in claims)
+    return names or f"pvc {namespace}/(none)"
+
+
+class PodScans:
+    """Homes as volume claims, each person's scanned in a pod that mounts them read-only.
+
+    Every run reconciles in two phases, so that a re-run or a restart of the service is
+    safe (the pods are the state; nothing is kept in this process):
+
+    1. finished pods: a report (exit 0 or 1) of a person still due is recorded, at the time
+       the scan started; then the pod is deleted. A failed or timed-out pod is deleted with
+       nothing recorded, and its person is due again. A pod deleted but recorded already (a
+       delete that failed last run) finds its person no longer due: deleted, not recorded
+       twice.
+    2. people due without a pod get one; a person without a home volume is recorded as
+       scanned with nothing in it, like a home folder that does not exist yet.
+    """
+
+    def __init__(self, pods: ScanPods, *, deadline: timedelta):
+        self.pods = pods
+        self.deadline = deadline
+
+    def scan_due(
+        self, session_factory: sessionmaker, *, now: datetime, every: timedelta
+    ) -> list[str]:
+        with database.transaction(session_factory) as db:
+            due = {person.username: person for person in due_for_scan(db, now=now, every=every)}
+        recorded = []
+        pending = set()
+        for pod in self.pods.scan_pods():
+            if not pod.finished:
+                if pod.created + self.deadline + SCHEDULING_GRACE <= now:
+                    log.warning("Scan pod %s never finished: deleted", pod.name)
+                    self.pods.delete(pod.name)
+                else:
+                    pending.add(pod.username)
+                continue
+            person = due.get(pod.username)
+            report = self._report(pod)
+            if report is not None and person is not None:
+                with database.transaction(session_factory) as db:
+                    record_scan(
+                        db,
+                        person,
+                        volumes_home(self.pods.namespace, pod.claims),
+                        report,
+                        home_found=True,
+                        now=pod.started or now,
+                    )
+                recorded.append(person.username)
+            self.pods.delete(pod.name)
+        for username, person in due.items():
+            if username in pending or username in recorded:
+                continue
+            claims = self.pods.home_claim_names(username)
+            if not claims:
+                with database.transaction(session_factory) as db:
+                    home = volumes_home(self.pods.namespace, claims)
+                    record_scan(db, person, home, {}, home_found=False, now=now)
+                recorded.append(username)
+            elif self.pods.create(username, claims):
+                log.info("Scanning %s's volumes %s in a pod", username, ", ".join(claims))
+        return recorded
+
+    def _report(self, pod: ScanPod) -> dict | None:
+        if pod.exit_code not in REPORT_EXIT_CODES:
+            log.warning(
+                "Scan pod %s of %s failed (exit %s, %s): nothing recorded, due again",
+                pod.name,
+                pod.username,
+                pod.exit_code,
+                pod.reason or "no reason given",
+            )
+            return None
+        report = parse_report(self.pods.log(pod.name) or "")
+        if report is None:
+            log.warning(
+                "Scan pod %s of %s printed no report: nothing recorded", pod.name, pod.username
+            )
+        return report
 
 
 @dataclass(frozen=True)

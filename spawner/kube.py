@@ -33,8 +33,10 @@ import os
 import ssl
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Protocol
 from urllib.parse import quote
 
 from jupyterhub.utils import maybe_future
@@ -44,6 +46,7 @@ from traitlets import Dict, Unicode, default
 
 from quota_service.client import QuotaServiceClient
 from quota_service.lifecycle import Deleted
+from quota_service.model_scans import ScanPod
 
 from .base import GPUSpawnerMixin
 from .gpu import Vendor
@@ -321,46 +324,58 @@ class KubeGPUSpawner(GPUSpawnerMixin, KubeSpawner):
         return env
 
 
+def username_label(username: str) -> str:
+    """A person's ``hub.jupyter.org/username`` label, as KubeSpawner makes it."""
+    return safe_slug(username, is_valid=is_valid_label)
+
+
 def home_claim_selector(username: str) -> str:
     """Label selector of a person's volume claims, as KubeSpawner labels them."""
-    owner = safe_slug(username, is_valid=is_valid_label)
-    return f"component=singleuser-storage,hub.jupyter.org/username={owner}"
+    return f"component=singleuser-storage,hub.jupyter.org/username={username_label(username)}"
 
 
-# (method, path) -> (status, decoded JSON body): one request to the Kubernetes API server
-Transport = Callable[[str, str], tuple[int, dict]]
+class Transport(Protocol):
+    """One request to the Kubernetes API server: the status and the answer, decoded JSON
+    (a str for a text answer such as a pod's log)."""
+
+    def __call__(self, method: str, path: str, body: dict | None = None) -> tuple[int, Any]: ...
+
 
 SERVICE_ACCOUNT = "/var/run/secrets/kubernetes.io/serviceaccount"
 
 
 def in_cluster_transport(timeout: float = 30.0) -> Transport:
     """Requests to the API server with the pod's service account (no client library: the
-    purge runs in the quota service's synchronous end-of-window job)."""
+    purge and the model scan run in the quota service's synchronous housekeeping job)."""
     host = os.environ["KUBERNETES_SERVICE_HOST"]
     port = os.environ.get("KUBERNETES_SERVICE_PORT", "443")
     base = f"https://{host}:{port}" if ":" not in host else f"https://[{host}]:{port}"
     context = ssl.create_default_context(cafile=f"{SERVICE_ACCOUNT}/ca.crt")
 
-    def send(method: str, path: str) -> tuple[int, dict]:
+    def send(method: str, path: str, body: dict | None = None) -> tuple[int, Any]:
         with open(f"{SERVICE_ACCOUNT}/token") as f:  # rotated by the kubelet: read each time
             token = f.read().strip()
-        request = urllib.request.Request(
-            base + path, method=method, headers={"Authorization": f"Bearer {token}"}
-        )
+        headers = {"Authorization": f"Bearer {token}"}
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+        request = urllib.request.Request(base + path, data=data, method=method, headers=headers)
         try:
             with urllib.request.urlopen(request, timeout=timeout, context=context) as response:
-                return response.status, json.loads(response.read() or b"{}")
+                answer = response.read()
+                if response.headers.get_content_type() == "application/json":
+                    return response.status, json.loads(answer or b"{}")
+                return response.status, answer.decode("utf-8", errors="replace")
         except urllib.error.HTTPError as e:
             return e.code, {}
 
     return send
 
 
-class KubeHomePurger:
-    """``quota_service.lifecycle.StoragePurger`` for Kubernetes: deletes a person's volume
-    claims (every claim KubeSpawner labelled with their name, whatever its name template).
-    The StorageClass's reclaim policy decides whether the data go with the claim: use
-    ``Delete``. Needs ``list`` and ``delete`` on persistentvolumeclaims in the namespace."""
+class NamespacedAPI:
+    """Requests about one namespace's objects, through a transport (the pod's service account
+    unless one is given)."""
 
     def __init__(self, namespace: str, transport: Transport | None = None):
         self.namespace = namespace
@@ -372,19 +387,211 @@ class KubeHomePurger:
             self._transport = in_cluster_transport()
         return self._transport
 
-    def purge(self, username: str) -> list[Deleted]:
-        claims = f"/api/v1/namespaces/{quote(self.namespace, safe='')}/persistentvolumeclaims"
-        selector = quote(home_claim_selector(username), safe="")
-        status, listing = self.transport("GET", f"{claims}?labelSelector={selector}")
+    def path(self, resource: str, name: str = "") -> str:
+        path = f"/api/v1/namespaces/{quote(self.namespace, safe='')}/{resource}"
+        return f"{path}/{quote(name, safe='')}" if name else path
+
+    def list(self, resource: str, selector: str) -> list[dict]:
+        query = f"?labelSelector={quote(selector, safe='')}"
+        status, listing = self.transport("GET", self.path(resource) + query)
         if status != 200:
-            raise RuntimeError(f"listing {username}'s volume claims: HTTP {status}")
+            raise RuntimeError(f"listing {resource} ({selector}): HTTP {status}")
+        return listing.get("items", [])
+
+    def home_claims(self, username: str) -> list[dict]:
+        return self.list("persistentvolumeclaims", home_claim_selector(username))
+
+
+class KubeHomePurger(NamespacedAPI):
+    """``quota_service.lifecycle.StoragePurger`` for Kubernetes: deletes a person's volume
+    claims (every claim KubeSpawner labelled with their name, whatever its name template).
+    The StorageClass's reclaim policy decides whether the data go with the claim: use
+    ``Delete``. Needs ``list`` and ``delete`` on persistentvolumeclaims in the namespace."""
+
+    def purge(self, username: str) -> list[Deleted]:
         deleted = []
-        for claim in listing.get("items", []):
+        for claim in self.home_claims(username):
             name = claim["metadata"]["name"]
             size = claim.get("status", {}).get("capacity", {}).get("storage", "?")
-            status, _ = self.transport("DELETE", f"{claims}/{quote(name, safe='')}")
+            status, _ = self.transport("DELETE", self.path("persistentvolumeclaims", name))
             if status not in (200, 202, 404):
                 raise RuntimeError(f"deleting volume claim {name}: HTTP {status}")
             # a volume's files are not counted: the record names the claim and its size
             deleted.append(Deleted(f"pvc {self.namespace}/{name} ({size})", 0, 0))
         return deleted
+
+
+# ---- the scheduled banned-model scan of the people's volumes ---------------------------------
+
+SCAN_COMPONENT = "model-scan"
+SCAN_LABELS = {
+    "app.kubernetes.io/name": "aipower-hub",
+    "app.kubernetes.io/component": SCAN_COMPONENT,
+}
+# the username itself (a label holds only its slug)
+USERNAME_ANNOTATION = "aipower.tw/username"
+SCAN_ROOT = "/homes"
+
+
+def scan_pod_name(username: str) -> str:
+    """One name per person, so the API server itself refuses a second scan pod (409)."""
+    return "aipower-scan-" + username_label(username)
+
+
+@dataclass(frozen=True)
+class ScanPodSettings:
+    image: str  # one with aipower-scan-models: the hub image
+    rules: list[dict]  # the operator's (BannedModels.rules)
+    deadline: timedelta  # activeDeadlineSeconds
+    resources: dict  # Kubernetes ResourceRequirements, limits included
+    uid: int  # the servers' user and file group: reads what their owners can
+    gid: int
+
+
+def scan_pod(
+    username: str, claims: list[str], settings: ScanPodSettings, server: dict | None = None
+) -> dict:
+    """The pod that scans ``claims`` (mounted read-only under /homes/<claim>) with
+    ``aipower-scan-models``: no network (the chart's NetworkPolicy), no service account
+    token, not root, no privileges, limited resources, ended by its deadline. ``server``, a
+    running server pod of the person, pins it to that pod's node with that pod's tolerations
+    (a ReadWriteOnce volume attaches to one node at a time)."""
+    volumes = [
+        {
+            "name": f"home-{i}",
+            "persistentVolumeClaim": {"claimName": claim, "readOnly": True},
+        }
+        for i, claim in enumerate(claims)
+    ]
+    mounts = [
+        {"name": f"home-{i}", "mountPath": f"{SCAN_ROOT}/{claim}", "readOnly": True}
+        for i, claim in enumerate(claims)
+    ]
+    spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "activeDeadlineSeconds": int(settings.deadline.total_seconds()),
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": settings.uid,
+            "runAsGroup": settings.gid,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [
+            {
+                "name": "scan",
+                "image": settings.image,
+                "command": [
+                    "aipower-scan-models",
+                    SCAN_ROOT,
+                    "--rules-json",
+                    json.dumps(settings.rules),
+                ],
+                "env": [{"name": "PYTHONDONTWRITEBYTECODE", "value": "1"}],
+                "resources": copy.deepcopy(settings.resources),
+                "securityContext": {
+                    "allowPrivilegeEscalation": False,
+                    "readOnlyRootFilesystem": True,
+                    "capabilities": {"drop": ["ALL"]},
+                },
+                "volumeMounts": mounts,
+            }
+        ],
+        "volumes": volumes,
+    }
+    node = (server or {}).get("spec", {}).get("nodeName")
+    if node:
+        # what the DaemonSet controller does: the scheduler still checks the node's room
+        term = {"matchFields": [{"key": "metadata.name", "operator": "In", "values": [node]}]}
+        spec["affinity"] = {
+            "nodeAffinity": {
+                "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [term]}
+            }
+        }
+        if server["spec"].get("tolerations"):
+            spec["tolerations"] = copy.deepcopy(server["spec"]["tolerations"])
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": scan_pod_name(username),
+            "labels": SCAN_LABELS | {"hub.jupyter.org/username": username_label(username)},
+            "annotations": {USERNAME_ANNOTATION: username},
+        },
+        "spec": spec,
+    }
+
+
+def _time(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
+def scan_pod_state(pod: dict) -> ScanPod:
+    """What the scan needs to know of a scan pod from the API server."""
+    status = pod.get("status", {})
+    (scan,) = [c for c in status.get("containerStatuses", []) if c.get("name") == "scan"] or [{}]
+    ended = scan.get("state", {}).get("terminated") or {}
+    phase = status.get("phase", "Pending")
+    return ScanPod(
+        name=pod["metadata"]["name"],
+        username=pod["metadata"].get("annotations", {}).get(USERNAME_ANNOTATION, ""),
+        claims=tuple(
+            v["persistentVolumeClaim"]["claimName"]
+            for v in pod["spec"].get("volumes", [])
+            if "persistentVolumeClaim" in v
+        ),
+        created=_time(pod["metadata"]["creationTimestamp"]),
+        finished=phase in ("Succeeded", "Failed"),
+        exit_code=ended.get("exitCode"),
+        started=_time(ended.get("startedAt")),
+        reason=status.get("reason") or ended.get("reason") or "",
+    )
+
+
+class KubeScanPods(NamespacedAPI):
+    """``quota_service.model_scans.ScanPods`` on Kubernetes: the person's volume claims,
+    their scan pods and those pods' logs. Needs, in the namespace: list on
+    persistentvolumeclaims; create, get, list and delete on pods; get on pods/log."""
+
+    def __init__(
+        self, namespace: str, settings: ScanPodSettings, transport: Transport | None = None
+    ):
+        super().__init__(namespace, transport)
+        self.settings = settings
+
+    def home_claim_names(self, username: str) -> list[str]:
+        return sorted(claim["metadata"]["name"] for claim in self.home_claims(username))
+
+    def scan_pods(self) -> list[ScanPod]:
+        selector = ",".join(f"{k}={v}" for k, v in SCAN_LABELS.items())
+        return [scan_pod_state(pod) for pod in self.list("pods", selector)]
+
+    def running_server(self, username: str) -> dict | None:
+        selector = (
+            f"component=singleuser-server,hub.jupyter.org/username={username_label(username)}"
+        )
+        running = [
+            pod
+            for pod in self.list("pods", selector)
+            if pod.get("status", {}).get("phase") == "Running" and pod["spec"].get("nodeName")
+        ]
+        return min(running, key=lambda pod: pod["metadata"]["name"], default=None)
+
+    def create(self, username: str, claims: list[str]) -> bool:
+        pod = scan_pod(username, claims, self.settings, self.running_server(username))
+        status, _ = self.transport("POST", self.path("pods"), pod)
+        if status == 409:
+            return False
+        if status not in (200, 201, 202):
+            raise RuntimeError(f"creating scan pod {pod['metadata']['name']}: HTTP {status}")
+        return True
+
+    def log(self, name: str) -> str | None:
+        status, text = self.transport("GET", self.path("pods", name) + "/log?container=scan")
+        return text if status == 200 and isinstance(text, str) else None
+
+    def delete(self, name: str) -> None:
+        status, _ = self.transport("DELETE", self.path("pods", name))
+        if status not in (200, 202, 404):
+            raise RuntimeError(f"deleting scan pod {name}: HTTP {status}")

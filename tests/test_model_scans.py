@@ -23,9 +23,8 @@ def seeded(session_factory) -> None:
 
 
 def scan(session_factory, homes: Path, now, every=DAY) -> list[str]:
-    return model_scans.scan_due(
-        session_factory, homes, banned_models.load_rules(), now=now, every=every
-    )
+    scanner = model_scans.LocalHomes(homes, banned_models.load_rules())
+    return scanner.scan_due(session_factory, now=now, every=every)
 
 
 def test_members_of_running_projects_are_scanned_once_a_period(session_factory, tmp_path):

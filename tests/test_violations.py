@@ -242,8 +242,12 @@ def test_a_storage_scan_with_findings_becomes_a_violation(db, world, tmp_path):
     finding = {"rule": "qwen", "maker": "Alibaba Qwen (通義千問)", "field": "architectures",
                "value": "Qwen2ForCausalLM", "matched": "architecture Qwen2ForCausalLM",
                "path": "qwen2-7b/config.json"}  # fmt: skip
-    model_scans.record_scan(db, due, tmp_path, {"findings": [], "model_folders": []}, now=NOW)
-    model_scans.record_scan(db, due, tmp_path, {"findings": [finding]}, now=at("2026-12-21"))
+    home = str(tmp_path)
+    nothing_found = {"findings": [], "model_folders": []}
+    model_scans.record_scan(db, due, home, nothing_found, home_found=True, now=NOW)
+    model_scans.record_scan(
+        db, due, home, {"findings": [finding]}, home_found=True, now=at("2026-12-21")
+    )
     db.flush()
     [flagged] = violations.flagged_scans(db)
     assert (flagged["username"], flagged["findings"], flagged["violation_id"]) == (
