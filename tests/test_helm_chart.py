@@ -47,10 +47,11 @@ OUR_OBJECTS = {
     ("Service", "aipower-quota"),
     ("PersistentVolumeClaim", "aipower-quota-files"),
     ("ServiceAccount", "aipower-quota"),
-    ("Role", "aipower-quota-purge"),
-    ("RoleBinding", "aipower-quota-purge"),
+    ("Role", "aipower-quota"),
+    ("RoleBinding", "aipower-quota"),
     ("NetworkPolicy", "aipower-quota"),
     ("NetworkPolicy", "aipower-singleuser-to-quota"),
+    ("NetworkPolicy", "aipower-model-scan"),
 }
 
 
@@ -246,10 +247,16 @@ def test_the_quota_network_policy_follows_the_values(chart):
         "release": "aipower",
     }
     assert servers["egress"][0]["ports"] == [{"port": 10101}]
-    without = render(chart, {"networkPolicy": {"enabled": False}, "quota": {"storagePurge": False}})
+    without = render(
+        chart,
+        {
+            "networkPolicy": {"enabled": False},
+            "quota": {"storagePurge": False, "modelScan": {"enabled": False}},
+        },
+    )
     assert ("NetworkPolicy", "aipower-quota") not in without
     assert ("NetworkPolicy", "aipower-singleuser-to-quota") not in without
-    assert ("Role", "aipower-quota-purge") not in without
+    assert ("Role", "aipower-quota") not in without
 
 
 def test_the_quota_service_loads_its_configuration_file(chart, tmp_path):

@@ -51,6 +51,21 @@ podSelector:
 {{- printf "%s:%s" (.Values.quota.image.name | default $hub.name) (.Values.quota.image.tag | default $hub.tag) }}
 {{- end }}
 
+{{- /* scan pods: quota.modelScan.image, else the quota service's image (the hub's) */}}
+{{- define "aipower.modelScan.image" -}}
+{{- $image := .Values.quota.modelScan.image }}
+{{- if $image.name }}
+{{- printf "%s:%s" $image.name ($image.tag | default "latest") }}
+{{- else }}
+{{- include "aipower.quota.image" . }}
+{{- end }}
+{{- end }}
+
+{{- /* whether the quota service talks to the Kubernetes API: the purge or the model scan */}}
+{{- define "aipower.quota.usesApi" -}}
+{{- if or .Values.quota.storagePurge .Values.quota.modelScan.enabled }}true{{ end }}
+{{- end }}
+
 {{- /* the hub's URL prefix ("/" unless jupyterhub.hub.baseUrl says otherwise), with a trailing slash */}}
 {{- define "aipower.baseUrl" -}}
 {{- $base := .Values.jupyterhub.hub.baseUrl | default "/" }}
