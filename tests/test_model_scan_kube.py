@@ -8,15 +8,21 @@ them. What the kubelet would do is done by the test: ``run_scan`` runs the pod's
 volumes, and gives the pod the exit status and log that command produced. Scheduling and
 volume attachment are not simulated; the pods sent are validated against the Kubernetes
 schema (``kubernetes-validate --strict``). The database is real (SQLite and PostgreSQL).
+The in-cluster transport itself is checked against a local HTTPS server with a throw-away
+certificate, standing in for the API server (JSON bodies, a text log, the token re-read).
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import shutil
+import ssl
 import subprocess
 import sys
+import threading
 from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, unquote
 
@@ -27,6 +33,7 @@ from hub_config.seed import seed_demo
 from quota_service import banned_models, model_scans
 from quota_service import db as database
 from quota_service.models import AuditEvent, Project, ProjectStatus
+from spawner import kube
 from spawner.kube import SCAN_ROOT, KubeScanPods, ScanPodSettings, scan_pod_name
 from tests.conftest import at
 from tests.kube_offline import validate
@@ -421,3 +428,81 @@ def test_a_person_no_longer_due_when_the_pod_ends_is_not_recorded(seeded, cluste
         )
     assert run(seeded, cluster, at("2026-11-28 03:05")) == []
     assert scans(seeded) == [] and cluster.pods == {}
+
+
+# ---- the in-cluster transport: JSON bodies out, JSON or text back ---------------------------
+
+
+class APIServerStandIn(BaseHTTPRequestHandler):
+    """Over TLS like the API server: the pod create echoed as JSON, a log as text/plain."""
+
+    seen: list[tuple[str, str, str, dict | None]] = []
+
+    def _answer(self, status: int, body: bytes, content_type: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_POST(self):
+        sent = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.seen.append(("POST", self.path, self.headers["Authorization"], sent))
+        assert self.headers["Content-Type"] == "application/json"
+        self._answer(201, json.dumps(sent).encode(), "application/json")
+
+    def do_GET(self):
+        self.seen.append(("GET", self.path, self.headers["Authorization"], None))
+        if self.path.endswith("/log?container=scan"):
+            self._answer(200, b'{"findings": []}\n', "text/plain")
+        else:
+            self._answer(403, b'{"kind": "Status"}', "application/json")
+
+    def log_message(self, *args):
+        pass
+
+
+def test_the_in_cluster_transport_posts_json_and_reads_logs_as_text(tmp_path, monkeypatch):
+    account = tmp_path / "serviceaccount"
+    account.mkdir()
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=kubernetes", "-addext", "subjectAltName=IP:127.0.0.1",
+         "-keyout", str(tmp_path / "key.pem"), "-out", str(account / "ca.crt")],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    (account / "token").write_text("token-1\n")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(account / "ca.crt", tmp_path / "key.pem")
+    server = HTTPServer(("127.0.0.1", 0), APIServerStandIn)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setattr(kube, "SERVICE_ACCOUNT", str(account))
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "127.0.0.1")
+    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", str(server.server_address[1]))
+    APIServerStandIn.seen = []
+    try:
+        settings = ScanPodSettings(IMAGE, [], DEADLINE, RESOURCES, uid=1000, gid=100)
+        pods = KubeScanPods(NAMESPACE, settings)  # the pod's service account transport
+        pod = kube.scan_pod("trainee", ["aipower-home-trainee"], settings)
+        assert pods.transport("POST", pods.path("pods"), pod) == (201, pod)
+        (account / "token").write_text("token-2\n")  # rotated by the kubelet: read each time
+        assert pods.log("aipower-scan-trainee") == '{"findings": []}\n'
+        with pytest.raises(RuntimeError, match="HTTP 403"):
+            pods.scan_pods()
+    finally:
+        server.shutdown()
+    assert [(m, p, a) for m, p, a, _ in APIServerStandIn.seen] == [
+        ("POST", "/api/v1/namespaces/aipower/pods", "Bearer token-1"),
+        (
+            "GET",
+            "/api/v1/namespaces/aipower/pods/aipower-scan-trainee/log?container=scan",
+            "Bearer token-2",
+        ),
+        (
+            "GET",
+            "/api/v1/namespaces/aipower/pods?labelSelector=app.kubernetes.io%2Fname%3Daipower-hub"
+            "%2Capp.kubernetes.io%2Fcomponent%3Dmodel-scan",
+            "Bearer token-2",
+        ),
+    ]
