@@ -182,8 +182,11 @@ class ScanPods(Protocol):
 def parse_report(log: str) -> dict | None:
     """The JSON report that ``aipower-scan-models`` printed, from its pod's log (stderr
     lines before it are skipped); None when there is none."""
-    start = 0 if log.startswith("{") else log.find("\n{") + 1
-    if start == 0 and not log.startswith("{"):  # no line opens a JSON object
+    if log.startswith("{"):
+        start = 0
+    elif "\n{" in log:
+        start = log.index("\n{") + 1
+    else:  # no line opens a JSON object
         return None
     try:
         report, _ = json.JSONDecoder().raw_decode(log[start:])
@@ -225,6 +228,8 @@ class PodScans:
             due = {person.username: person for person in due_for_scan(db, now=now, every=every)}
         recorded = []
         pending = set()
+        # a finished pod of a person no longer due (recorded already, project closed) is
+        # deleted unread
         for pod in self.pods.scan_pods():
             if not pod.finished:
                 if pod.created + self.deadline + SCHEDULING_GRACE <= now:
@@ -234,8 +239,8 @@ class PodScans:
                     pending.add(pod.username)
                 continue
             person = due.get(pod.username)
-            report = self._report(pod)
-            if report is not None and person is not None:
+            report = self._report(pod) if person is not None else None
+            if report is not None:
                 with database.transaction(session_factory) as db:
                     record_scan(
                         db,

@@ -388,6 +388,25 @@ def test_a_failed_pod_is_deleted_nothing_recorded_and_the_person_due_again(
     assert len(cluster.created) == 2 and "aipower-scan-trainee" in cluster.pods
 
 
+@pytest.mark.parametrize(
+    "log, findings",
+    [
+        ('{"findings": [], "clean": true}\n', []),
+        (
+            '<frozen runpy>:128: RuntimeWarning: ...\n{\n  "findings": [{"rule": "qwen"}]\n}\n',
+            [{"rule": "qwen"}],
+        ),
+        ("", None),
+        ("[]\n", None),
+        ('{"error": "rules: bad"}\n', None),  # exit 2's message, not a report
+        ('{"findings": [', None),  # cut short
+    ],
+)
+def test_the_report_is_read_from_the_log_past_any_warning(log, findings):
+    report = model_scans.parse_report(log)
+    assert (report["findings"] if report is not None else None) == findings
+
+
 def test_a_pod_never_scheduled_is_given_up_after_its_deadline_and_grace(seeded, cluster, tmp_path):
     cluster.home("trainee", "aipower-home-trainee", tmp=tmp_path)
     run(seeded, cluster, at("2026-11-28 03:00"))
