@@ -817,6 +817,20 @@ class TrustedNetworksAPI(ApplicationsHandler):
         self.write_json({"trusted_networks": saved})
 
 
+class TraineesAPI(ApplicationsHandler):
+    def post(self, project_id: str):
+        """The lead, the contact or an operator adds trainees by e-mail after the award."""
+        fields = self.body()
+        emails = fields.strings("trainees")
+        with self.db() as db, refusals():
+            actor = self.actor(db)
+            fields.done()
+            record = self.award_for(db, project_id, lock=True)
+            added = awards.add_trainees(db, actor, record, emails, now=self.now())
+            answer = jsonable(awards.view(db, actor, int(project_id)))
+        self.write_json({"added": added, "award": answer})
+
+
 class ApiKeyAPI(ApplicationsHandler):
     def post(self, project_id: str):
         """A new key (the lead, the contact or an operator): the old one stops at once;
@@ -864,6 +878,7 @@ def routes() -> list[tuple[str, type]]:
         (project + r"/award", ProjectAwardAPI),
         (project + r"/award/trusted-networks", TrustedNetworksAPI),
         (project + r"/award/api-key", ApiKeyAPI),
+        (project + r"/award/trainees", TraineesAPI),
         (r"api/v1/reviewers/(?P<username>[^/]+)/profile", ReviewerProfileAPI),
         (r"api/v1/review/assignments", AssignmentsAPI),
     ]

@@ -132,8 +132,9 @@ def supplement_view(request: SupplementRequest | None, category: str, now: datet
     }
 
 
-def award_view(db, application: Application) -> dict | None:
-    """Tier, points, window, members and the API key's prefix of an awarded application."""
+def award_view(db, application: Application, actor: Account) -> dict | None:
+    """Tier, points, window, members and the API key's prefix of an awarded application, and
+    whether ``actor`` may add trainees to its project."""
     award = db.scalar(select(Award).where(Award.application_id == application.id))
     if award is None:
         return None
@@ -153,6 +154,8 @@ def award_view(db, application: Application) -> dict | None:
         "project_name": db.get(Project, award.project_id).name,
         "members": [{"username": u, "email": e, "role": r} for u, e, r in members],
         "key": None if key is None else {"prefix": key.prefix, "created_at": iso(key.created_at)},
+        "may_add_trainees": awards.takes_trainees(db.get(Project, award.project_id))
+        and awards.manages(db, actor, award),
     }
 
 
@@ -209,7 +212,7 @@ def application_view(
             for h in apps.history(db, actor, application.id)
         ],
         "supplement": supplement_view(request, application.category, now),
-        "award": award_view(db, application),
+        "award": award_view(db, application, actor),
         "comments": review.comments_for_applicant(db, actor, application.id),
     }
 
@@ -340,6 +343,7 @@ class ApplicationHandler(BaseHandler):
         typed: dict | None = None,
         errors: dict[str, str] | None = None,
         new_key: str = "",
+        trainees: tuple[str, str] = ("", ""),
     ) -> None:
         """The application's page; ``typed`` documents stand in for the stored ones (a form
         that came back), ``errors`` are shown at their fields."""
@@ -360,7 +364,7 @@ class ApplicationHandler(BaseHandler):
             else:
                 problems = Problems({}, category, hints=True)
             page = application_view(db, actor, application, request, now)
-        flags = ("saved", "submitted", "resubmitted", "withdrawn")
+        flags = ("saved", "submitted", "resubmitted", "withdrawn", "trainees_added")
         self.set_header("Cache-Control", "private, no-store")
         self.render_page(
             "apply_application.html",
@@ -377,6 +381,8 @@ class ApplicationHandler(BaseHandler):
             flags={f for f in flags if self.get_query_argument(f, "")},
             file_parts={path: part for part, path in form.FILE_PARTS.items()},
             new_key=new_key,
+            trainees_typed=trainees[0],
+            trainees_error=trainees[1],
         )
 
 
@@ -524,6 +530,29 @@ class ApiKeyAction(ApplicationHandler):
         self.show(application_id, new_key=token)
 
 
+class TraineesAction(ApplicationHandler):
+    """The project's lead or contact (or an operator) adds trainees by e-mail after the award;
+    a bad address comes back at the field with what was typed."""
+
+    @web.authenticated
+    def post(self, application_id: str):
+        typed = self.get_body_argument("trainees", "")
+        emails = [line.strip() for line in typed.replace(",", "\n").splitlines() if line.strip()]
+        try:
+            with domain_refusals(), self.db() as db:
+                actor, application = self.load(db, application_id, lock=True)
+                award = db.scalar(select(Award).where(Award.application_id == application.id))
+                if award is None:
+                    raise web.HTTPError(404, "這份申請案尚未核定 / this application has no award")
+                awards.add_trainees(db, actor, award, emails, now=utcnow())
+        except apps.ApplicationError as e:  # a bad address, or the project has ended
+            if e.field != "trainees":
+                raise web.HTTPError(409, str(e)) from None
+            self.set_status(400)
+            return self.show(application_id, trainees=(typed, str(e)))
+        self.redirect(self.application_url(application_id, "trainees_added") + "#members")
+
+
 class ApplicationFile(ApplicationHandler):
     """A supporting file, for the owner, operators and the application's assigned reviewers
     who are not recused (the domain's reading rule)."""
@@ -556,5 +585,6 @@ def routes() -> list[tuple[str, type]]:
         (r"applications/(\d+)", ApplicationPage),
         (r"applications/(\d+)/withdraw", WithdrawPage),
         (r"applications/(\d+)/api-key", ApiKeyAction),
+        (r"applications/(\d+)/trainees", TraineesAction),
         (rf"applications/(\d+)/files/({parts})", ApplicationFile),
     ]

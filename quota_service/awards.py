@@ -98,15 +98,18 @@ def account_for_email(db: Session, email: str, display_name: str, *, now: dateti
     return account
 
 
-def _add_member(db: Session, project: Project, account: Account, role: str, now: datetime) -> None:
+def _add_member(db: Session, project: Project, account: Account, role: str, now: datetime) -> bool:
+    """Whether the account became a member (False: it already was one)."""
     exists = db.scalar(
         select(Membership).where(
             Membership.project_id == project.id, Membership.account_id == account.id
         )
     )
-    if exists is None:
-        db.add(Membership(project=project, account=account, role=role, created_at=now))
-        db.flush()
+    if exists is not None:
+        return False
+    db.add(Membership(project=project, account=account, role=role, created_at=now))
+    db.flush()
+    return True
 
 
 # ---- trusted networks ----------------------------------------------------------------------
@@ -201,14 +204,69 @@ def _role(db: Session, award: Award, actor: Account) -> str | None:
     )
 
 
-def _may_manage_key(db: Session, actor: Account, award: Award) -> bool:
+def manages(db: Session, actor: Account, award: Award) -> bool:
+    """The company's side of an award is managed by its lead and contact, and operators."""
     return actor.is_operator or _role(db, award, actor) in ("lead", "contact")
+
+
+def _check_emails(emails: list[str], field: str) -> None:
+    bad = [e for e in emails if validation.check_email(e)]
+    if bad:
+        raise apps.ApplicationError(
+            f"學員電子郵件格式不正確：{', '.join(bad)}",
+            f"not e-mail addresses: {bad}",
+            field=field,
+        )
+
+
+def takes_trainees(project: Project) -> bool:
+    return project.status in (ProjectStatus.APPROVED, ProjectStatus.SUSPENDED)
+
+
+def add_trainees(
+    db: Session, actor: Account, award: Award, emails: list[str], *, now: datetime
+) -> list[str]:
+    """Trainees join an awarded project after the award (a company's team changes): the
+    lead, the contact or an operator adds them by e-mail, as the award does. The usernames
+    added; someone already a member is left as they are."""
+    if not manages(db, actor, award):
+        raise apps.PermissionDenied(
+            "只有計畫主持人、聯絡人或營運單位可以新增學員",
+            "only the project lead, the contact person or an operator may add trainees",
+        )
+    addresses = [e.strip() for e in emails if e.strip()]
+    if not addresses:
+        raise apps.ApplicationError(
+            "請至少填一個電子郵件", "give at least one e-mail address", field="trainees"
+        )
+    _check_emails(addresses, "trainees")
+    project = db.get(Project, award.project_id)
+    if not takes_trainees(project):
+        raise apps.StateConflict(
+            "計畫已結束，不能新增學員", "the project has ended: no trainees can be added"
+        )
+    added = []
+    for address in addresses:
+        account = account_for_email(db, address, "", now=now)
+        if _add_member(db, project, account, "trainee", now):
+            added.append(account.username)
+    audit.record(
+        db,
+        actor=actor.username,
+        action="award.trainees_added",
+        subject_type="project",
+        subject_id=project.id,
+        at=now,
+        emails=addresses,
+        added=added,
+    )
+    return added
 
 
 def regenerate_api_key(db: Session, actor: Account, award: Award, *, now: datetime) -> str:
     """The company's lead or contact (or an operator) replaces the key: the old one stops
     working at once; the new one is returned once."""
-    if not _may_manage_key(db, actor, award):
+    if not manages(db, actor, award):
         raise apps.PermissionDenied(
             "只有計畫主持人、聯絡人或營運單位可以更換金鑰",
             "only the project lead, the contact person or an operator may replace the key",
@@ -332,13 +390,7 @@ def award(
             "training needs the company's trusted fixed addresses",
             field="trusted_networks",
         )
-    bad = [e for e in trainees if validation.check_email(e)]
-    if bad:
-        raise apps.ApplicationError(
-            f"學員電子郵件格式不正確：{', '.join(bad)}",
-            f"not e-mail addresses: {bad}",
-            field="trainees",
-        )
+    _check_emails(list(trainees), "trainees")
     docs = apps.documents(application)
     company = db.scalar(
         select(Company).where(Company.business_number == application.business_number)

@@ -892,6 +892,18 @@ def test_a_training_award_with_trusted_networks_points_window_and_members(people
     refused(people[LEAD].post(project + "/api-key"), 409, "conflict")  # training: no API key
     refused(operator.get("/projects/999/award"), 404, "not-found")
 
+    # the lead adds a trainee after the award; bob (no member) cannot, nor can a bad address
+    refused(people["bob"].post(project + "/trainees", {"trainees": ["x@b.tw"]}), 403, "forbidden")
+    bad = refused(people[LEAD].post(project + "/trainees", {"trainees": ["nope"]}), 422, "invalid")
+    assert set(bad["errors"]) == {"trainees"}
+    joined = ok(people[LEAD].post(project + "/trainees", {"trainees": ["mei@startup.example.tw"]}))
+    assert joined["added"] == [awards.username_for_email("mei@startup.example.tw")]
+    assert ("mei@startup.example.tw", "trainee") in [
+        (m["email"], m["role"]) for m in joined["award"]["members"]
+    ]
+    again = ok(operator.post(project + "/trainees", {"trainees": ["mei@startup.example.tw"]}))
+    assert again["added"] == []
+
 
 def test_an_inference_award_shows_its_key_once_and_only_operators_revoke(people, session_factory):
     operator = people["operator"]

@@ -16,6 +16,7 @@ import requests
 from playwright.sync_api import expect
 from sqlalchemy import select
 
+from quota_service import awards
 from quota_service import db as database
 from quota_service.models import Account, Application, Project
 from quota_service.timewindow import taipei, utcnow
@@ -99,9 +100,21 @@ def test_from_application_to_a_running_server(stack, chromium, quota_db, tmp_pat
     expect(operator.locator("#done")).to_contain_text("已核定")
     operator.close()
 
-    # the founder sees the award on the application
+    # the founder sees the award on the application, and, as the project's lead, adds a
+    # trainee: a typo comes back at the field with what was typed
     founder.reload()
     expect(founder.locator("#status")).to_have_text("已核定")
+    box = founder.get_by_label("電子郵件地址，一行一個")
+    box.fill("kai.lin@startup.example.tw\nkai.lin@startup")
+    founder.get_by_role("button", name="新增學員").click()
+    expect(founder.locator("#trainees-error")).to_contain_text("kai.lin@startup")
+    expect(founder.get_by_label("電子郵件地址，一行一個")).to_have_value(
+        "kai.lin@startup.example.tw\nkai.lin@startup"
+    )
+    founder.get_by_label("電子郵件地址，一行一個").fill("kai.lin@startup.example.tw")
+    founder.get_by_role("button", name="新增學員").click()
+    expect(founder.locator("#notice")).to_have_text("已新增學員。")
+    expect(founder.locator("#members")).to_contain_text("kai.lin@startup.example.tw")
     founder.close()
 
     # 5. the new trainee signs in for the first time and starts a server on the new project
@@ -125,6 +138,7 @@ def test_from_application_to_a_running_server(stack, chromium, quota_db, tmp_pat
         members = {m.account.username: m.role for m in project.memberships}
         project_id = project.id
     assert members["founder"] == "lead" and members["mei"] == "trainee"
+    assert members[awards.username_for_email("kai.lin@startup.example.tw")] == "trainee"
     trainee.goto(stack.url(QUOTA + f"projects/{project_id}"))
     expect(trainee.locator("table.servers")).to_contain_text("NVIDIA (CUDA)")
     trainee.goto(stack.url("/hub/home"))

@@ -245,3 +245,42 @@ def test_an_award_finds_the_account_of_a_person_who_visited_under_the_made_name(
     # a different address never takes an account over
     other = awards.account_for_email(db, "other@startup.example.tw", "", now=at("2026-11-02 09:00"))
     assert other.id != visited.id
+
+
+def test_the_lead_adds_trainees_after_the_award(db, world):
+    result = awards.award(
+        db,
+        world["operator"],
+        selected(db, world, "training", "L1"),
+        notice_date=date(2026, 12, 1),
+        now=at("2026-12-01 10:00:00"),
+        trusted=["203.0.113.7"],
+    )
+    lead = db.scalar(
+        select(Account)
+        .join(Membership)
+        .where(Membership.project_id == result.project.id, Membership.role == "lead")
+    )
+    later = at("2026-12-20 09:00:00")
+    added = awards.add_trainees(
+        db, lead, result.award, ["new.one@startup.example.tw", "Lead@startup.example.tw"], now=later
+    )
+    # the lead is already a member (as lead): only the new address becomes a trainee
+    assert added == [awards.username_for_email("new.one@startup.example.tw")]
+    assert access.is_member(db, result.project.id, added[0])
+    assert (
+        awards.add_trainees(
+            db, world["operator"], result.award, ["new.one@startup.example.tw"], now=later
+        )
+        == []
+    )
+
+    with pytest.raises(apps.PermissionDenied):  # a trainee does not manage the team
+        trainee = db.scalar(select(Account).where(Account.username == added[0]))
+        awards.add_trainees(db, trainee, result.award, ["x@startup.example.tw"], now=later)
+    with pytest.raises(apps.ApplicationError) as bad:
+        awards.add_trainees(db, lead, result.award, ["not-an-address"], now=later)
+    assert bad.value.field == "trainees"
+    result.project.status = ProjectStatus.CLOSED
+    with pytest.raises(apps.StateConflict):
+        awards.add_trainees(db, lead, result.award, ["late@startup.example.tw"], now=later)
