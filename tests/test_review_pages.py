@@ -359,7 +359,10 @@ def test_the_application_page_shows_documents_files_checks_and_history(stack, op
     # the automatic checks with their evidence; no decision yet
     rows = {tr["data-criterion"]: tr for tr in main.select("#criteria tbody tr")}
     assert rows["business_number"].find(class_="automatic")["data-result"] == "pass"
-    assert "22099131" in rows["business_number"].find(class_="evidence").get_text()
+    evidence = rows["business_number"].find(class_="evidence")
+    assert "22099131" in evidence.get_text()
+    # the evidence's keys are named in the page's language, not as the code spells them
+    assert [dt.get_text() for dt in evidence.find_all("dt")] == ["統一編號", "規則"]
     assert rows["registered_in_taiwan"].find(class_="automatic")["data-result"] == ""
     assert rows["startup_priority"].find(class_="automatic")["data-result"] == "flag"
     assert "2019-05-01" in rows["startup_priority"].find(class_="evidence").get_text()
