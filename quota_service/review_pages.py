@@ -502,7 +502,9 @@ class ApplicationAction(ApplicationPage):
 
     SUPPORTED_METHODS = ("POST",)
 
-    ACTIONS = ("qualification", "criterion", "qualify", "reject", "supplement", "assign")
+    ACTIONS = (
+        "qualification", "criterion", "qualify", "reject", "supplement", "assign", "withdraw",
+    )  # fmt: skip
 
     @web.authenticated
     def post(self, application_id: str, action: str):
@@ -582,6 +584,19 @@ class ApplicationAction(ApplicationPage):
             raise
         except apps.ApplicationError as e:
             raise FormErrors({"fields": str(e)}) from None
+
+    def withdraw(
+        self, db: Session, operator: Account, application: Application, typed: Typed, now: datetime
+    ) -> None:
+        """The operator withdraws an application at any open step (e.g. the company asked by
+        letter), with the reason the applicant reads."""
+        if application.status == A.WITHDRAWN:
+            return
+        reason = typed.get("reason").strip()
+        problem = validation.check_text(reason, limit=validation.LONG)
+        if problem:
+            raise FormErrors({"reason": problem})
+        apps.withdraw(db, operator, application, reason=reason, now=now)
 
     def assign(
         self, db: Session, operator: Account, application: Application, typed: Typed, now: datetime

@@ -118,6 +118,7 @@ def world(stack, quota_db) -> dict[str, int]:
         rejected = submitted(db, owner, training, business_number="10458575")
         apps.start_qualification(db, operator, rejected, now=NOW)
         selling = qualified(db, operator, owner, inference, business_number="40028905")
+        withdrawing = submitted(db, owner, training, business_number="38602100")
 
         for application in (scoring, recusal):
             review.assign(db, operator, application, people["reviewer"], now=NOW)
@@ -143,6 +144,7 @@ def world(stack, quota_db) -> dict[str, int]:
             "supplement": supplement.id,
             "rejected": rejected.id,
             "selling": selling.id,
+            "withdrawing": withdrawing.id,
             **{f"account:{name}": person.id for name, person in people.items()},
         }
 
@@ -368,6 +370,32 @@ def test_the_application_page_shows_documents_files_checks_and_history(stack, op
     assert "2019-05-01" in rows["startup_priority"].find(class_="evidence").get_text()
     history = soup.find(id="history").find("tbody").find_all("tr")
     assert len(history) == 1 and "2026-09-15 10:00:00" in history[0].get_text()
+
+
+def test_the_operator_withdraws_an_application_with_a_reason(stack, operator, world, quota_db):
+    app_id = world["withdrawing"]
+    path = f"admin/applications/{app_id}/withdraw"
+    soup = sent(post(operator, stack, path, {"reason": ""}))
+    assert error_at(soup, "withdraw-reason") == "此欄位必填"
+    assert status_of(quota_db, app_id) == "submitted"
+    reviewer = stack.sign_in("reviewer")
+    assert post(reviewer, stack, path, {"reason": "公司來函撤回"}).status_code == 403
+    redirected(
+        post(operator, stack, path, {"reason": "公司來函撤回"}), f"admin/applications/{app_id}"
+    )
+    redirected(
+        post(operator, stack, path, {"reason": "公司來函撤回"}), f"admin/applications/{app_id}"
+    )
+    assert status_of(quota_db, app_id) == "withdrawn"
+    soup = page(operator, stack, f"admin/applications/{app_id}?done=withdraw")
+    assert soup.find(id="withdraw-form") is None  # nothing left to withdraw
+    assert "公司來函撤回" in soup.find(id="history").get_text()
+    with quota_db.factory() as db:
+        changes = db.scalars(
+            select(ApplicationStatusChange).where(ApplicationStatusChange.application_id == app_id)
+        ).all()
+    assert [c.new_status for c in changes][-1:] == ["withdrawn"]
+    assert sum(c.new_status == "withdrawn" for c in changes) == 1
 
 
 def test_qualification_review_criteria_and_qualify_once(stack, operator, world, quota_db):
