@@ -496,6 +496,15 @@ class ApplicationPage(OperatorHandler):
         )
 
 
+def reason_typed(typed: Typed) -> str:
+    """The reason the applicant will read: required, at most validation.LONG characters."""
+    reason = typed.get("reason").strip()
+    problem = validation.check_text(reason, limit=validation.LONG)
+    if problem:
+        raise FormErrors({"reason": problem})
+    return reason
+
+
 class ApplicationAction(ApplicationPage):
     """The qualification review's and the assignment's forms; after success back to the
     application (post/redirect/get); a form sent again changes nothing twice."""
@@ -552,11 +561,7 @@ class ApplicationAction(ApplicationPage):
     ) -> None:
         if application.status == A.REJECTED:
             return
-        reason = typed.get("reason").strip()
-        problem = validation.check_text(reason, limit=validation.LONG)
-        if problem:
-            raise FormErrors({"reason": problem})
-        apps.reject(db, operator, application, reason=reason, now=now)
+        apps.reject(db, operator, application, reason=reason_typed(typed), now=now)
 
     def supplement(
         self, db: Session, operator: Account, application: Application, typed: Typed, now: datetime
@@ -592,11 +597,7 @@ class ApplicationAction(ApplicationPage):
         letter), with the reason the applicant reads."""
         if application.status == A.WITHDRAWN:
             return
-        reason = typed.get("reason").strip()
-        problem = validation.check_text(reason, limit=validation.LONG)
-        if problem:
-            raise FormErrors({"reason": problem})
-        apps.withdraw(db, operator, application, reason=reason, now=now)
+        apps.withdraw(db, operator, application, reason=reason_typed(typed), now=now)
 
     def assign(
         self, db: Session, operator: Account, application: Application, typed: Typed, now: datetime
