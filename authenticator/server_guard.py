@@ -53,6 +53,7 @@ APPLY = "AIPOWER_TRUSTED_NETWORKS_APPLY"
 TRUSTED = "AIPOWER_TRUSTED_NETWORKS"
 QUOTA_URL = "AIPOWER_QUOTA_URL"
 REPORT_EVERY_SECONDS = 60
+REMEMBERED_ADDRESSES = 10_000
 REPORT_TIMEOUT = 5.0
 log = logging.getLogger(__name__)
 
@@ -83,6 +84,10 @@ class RefusalReporter:
         now, last = self.clock(), self.last_sent.get(refusal.address)
         if last is not None and now - last < REPORT_EVERY_SECONDS:
             return False
+        if len(self.last_sent) >= REMEMBERED_ADDRESSES:  # many addresses: forget the stale ones
+            self.last_sent = {
+                a: t for a, t in self.last_sent.items() if now - t < REPORT_EVERY_SECONDS
+            }
         self.last_sent[refusal.address] = now
         return True
 

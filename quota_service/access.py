@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from datetime import datetime
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
-from . import audit, awards
+from . import audit, awards, validation
 from .models import Account, Category, Membership, Project, ProjectStatus
 
 OPERATORS_GROUP = "operators"
@@ -166,7 +165,7 @@ def link_sign_in(db: Session, username: str, email: str, *, now: datetime) -> Ac
     an account (they applied before the award), its memberships move to that account. An
     account named by someone else keeps its own address: one address, one person."""
     address = email.strip()
-    if not re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", address):
+    if validation.check_email(address) is not None:
         address = ""  # a provider that puts a bare name in the claim vouches for no address
     account = db.scalar(select(Account).where(Account.username == username))
     holder = None

@@ -26,11 +26,9 @@ from . import awards, closing, review, validation
 from .handlers import BaseHandler
 from .models import (
     Account,
-    ApiKey,
     Application,
     ApplicationStatus,
     Award,
-    Membership,
     Project,
     Round,
     SupplementRequest,
@@ -138,13 +136,7 @@ def award_view(db, application: Application, actor: Account) -> dict | None:
     award = db.scalar(select(Award).where(Award.application_id == application.id))
     if award is None:
         return None
-    members = db.execute(
-        select(Account.username, Account.email, Membership.role)
-        .join(Membership, Membership.account_id == Account.id)
-        .where(Membership.project_id == award.project_id)
-        .order_by(Membership.id)
-    ).all()
-    key = active_key(db, award)
+    key = awards.active_key(db, award)
     return {
         "tier": award.tier,
         "points": award.points,
@@ -152,15 +144,11 @@ def award_view(db, application: Application, actor: Account) -> dict | None:
         "window_last_second": iso(last_second(award.window_end)),
         "project_id": award.project_id,
         "project_name": db.get(Project, award.project_id).name,
-        "members": [{"username": u, "email": e, "role": r} for u, e, r in members],
+        "members": awards.members_of(db, award.project_id),
         "key": None if key is None else {"prefix": key.prefix, "created_at": iso(key.created_at)},
         "may_add_trainees": awards.takes_trainees(db.get(Project, award.project_id))
         and awards.manages(db, actor, award),
     }
-
-
-def active_key(db, award: Award) -> ApiKey | None:
-    return db.scalar(select(ApiKey).where(ApiKey.award_id == award.id, ApiKey.revoked_at.is_(None)))
 
 
 @contextmanager
@@ -516,7 +504,7 @@ class ApiKeyAction(ApplicationHandler):
                 award = db.scalar(select(Award).where(Award.application_id == application.id))
                 if award is None:
                     raise web.HTTPError(404, "這份申請案尚未核定 / this application has no award")
-                current = active_key(db, award)
+                current = awards.active_key(db, award)
                 if replaces != (current.prefix if current is not None else ""):
                     raise web.HTTPError(
                         409,

@@ -195,6 +195,22 @@ def _active_keys(db: Session, award: Award) -> list[ApiKey]:
     )
 
 
+def active_key(db: Session, award: Award) -> ApiKey | None:
+    """The company's key in use (at most one: a new key revokes the old)."""
+    return next(iter(_active_keys(db, award)), None)
+
+
+def members_of(db: Session, project_id: int) -> list[dict]:
+    """The project's members in the order they joined: username, e-mail and role."""
+    rows = db.execute(
+        select(Account.username, Account.email, Membership.role)
+        .join(Membership, Membership.account_id == Account.id)
+        .where(Membership.project_id == project_id)
+        .order_by(Membership.id)
+    )
+    return [{"username": username, "email": email, "role": role} for username, email, role in rows]
+
+
 def _role(db: Session, award: Award, actor: Account) -> str | None:
     """The actor's role in the awarded project (lead, contact, trainee), or None."""
     return db.scalar(
@@ -333,13 +349,7 @@ def view(db: Session, actor: Account, project_id: int) -> dict:
         raise apps.PermissionDenied(
             "找不到核定資料或無權查看", "no such award, or not yours to see"
         )
-    members = db.execute(
-        select(Account.username, Account.email, Membership.role)
-        .join(Membership, Membership.account_id == Account.id)
-        .where(Membership.project_id == project_id)
-        .order_by(Membership.id)
-    )
-    keys = _active_keys(db, record)
+    key = active_key(db, record)
     return {
         "application_id": record.application_id,
         "project_id": record.project_id,
@@ -349,11 +359,8 @@ def view(db: Session, actor: Account, project_id: int) -> dict:
         "window_start": record.window_start,
         "window_end": record.window_end,
         "trusted_networks": json.loads(record.trusted_networks),
-        "members": [
-            {"username": username, "email": email, "role": role}
-            for username, email, role in members
-        ],
-        "api_key": ({"prefix": keys[0].prefix, "created_at": keys[0].created_at} if keys else None),
+        "members": members_of(db, project_id),
+        "api_key": None if key is None else {"prefix": key.prefix, "created_at": key.created_at},
         "awarded_by": record.awarded_by,
         "created_at": record.created_at,
     }

@@ -90,9 +90,6 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
             self._translator = self.service.translators[locale]
         return self._translator
 
-    def _(self, message: str) -> str:
-        return self.translator.gettext(message)
-
     def language_links(self) -> list[tuple[str, str, str]]:
         """(locale, label, href) of the language switch: this page in each language."""
         query = [(k, v) for k, v in parse_qsl(urlparse(self.request.uri).query) if k != "lang"]

@@ -2,7 +2,8 @@
 
 Conventions (every page follows them):
 
-- Templates and handlers write English source text through ``_()``:
+- Templates write English source text through ``_()`` (code marks its page texts with a
+  ``_()`` marker, as ``application_form`` does, and translates with ``translator.gettext``):
   ``{{ _("Save draft") }}``, or with values ``{{ _("{n} points left").format(n=points) }}``;
   a value with markup goes in through ``Markup.format`` (which escapes the rest), so that no
   message id carries markup: ``{{ (_("due by {when}") | e).format(when=strong_when) }}``.

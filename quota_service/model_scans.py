@@ -31,7 +31,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from . import audit, banned_models
 from . import db as database
-from .models import Account, AuditEvent, Membership, Project, ProjectStatus
+from .models import Account, AuditEvent, Company, Membership, Project, ProjectStatus
 from .timewindow import taipei
 
 log = logging.getLogger(__name__)
@@ -50,9 +50,10 @@ class Due:
 def due_for_scan(db: Session, *, now: datetime, every: timedelta) -> list[Due]:
     """Members of approved or suspended projects whose last scan is older than ``every``."""
     members = db.execute(
-        select(Account.username, Project.id, Project.company_id)
+        select(Account.username, Project.id, Company.name)
         .join(Membership, Membership.account_id == Account.id)
         .join(Project, Project.id == Membership.project_id)
+        .join(Company, Company.id == Project.company_id)
         .where(Project.status.in_(SCANNED_STATUSES))
         .order_by(Account.username, Project.id)
     ).all()
@@ -64,18 +65,15 @@ def due_for_scan(db: Session, *, now: datetime, every: timedelta) -> list[Due]:
         ).all()
     )
     projects: dict[str, list[int]] = {}
-    for username, project_id, _company in members:
+    companies: dict[str, set[str]] = {}
+    for username, project_id, company in members:
         projects.setdefault(username, []).append(project_id)
-    company_names = {
-        p.id: p.company.name
-        for p in db.scalars(select(Project).where(Project.id.in_({m[1] for m in members})))
-    }
+        companies.setdefault(username, set()).add(company)
     due = []
     for username, ids in projects.items():
         last = last_scans.get(username)
         if last is None or last + every <= now:
-            names = tuple(sorted({company_names[i] for i in ids}))
-            due.append(Due(username, tuple(ids), names))
+            due.append(Due(username, tuple(ids), tuple(sorted(companies[username]))))
     return due
 
 

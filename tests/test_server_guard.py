@@ -161,3 +161,18 @@ def test_reports_need_the_quota_url_and_the_servers_token():
         }
     )
     assert (reporter.token, reporter.server_name) == ("t", "gpu")
+
+
+def test_a_flood_of_addresses_does_not_grow_the_memory_without_bound(monkeypatch):
+    monkeypatch.setattr(server_guard, "REMEMBERED_ADDRESSES", 2)
+    now = [0.0]
+    reporter = server_guard.RefusalReporter("http://q/", "t", clock=lambda: now[0])
+    policy = NetworkPolicy()
+    first, second, third = (
+        policy.region_refusal(parse_address(a)) for a in ("1.2.4.8", "203.198.7.66", "1.2.4.9")
+    )
+    assert reporter.due(first) and reporter.due(second)
+    now[0] = 61.0  # both stale: the third address makes room by forgetting them
+    assert reporter.due(third)
+    assert set(reporter.last_sent) == {"1.2.4.9"}
+    assert not reporter.due(third)  # still remembered within its minute
